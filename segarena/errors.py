@@ -1,0 +1,16 @@
+"""The one exception type for bad user input: the CLI prints it and exits with code 2."""
+
+
+class UserError(Exception):
+    """Bad input from the user (config, data, folds, command line).
+
+    The message must name the file or key, the value found and what was expected,
+    so that the user can fix the problem without reading a traceback.
+    """
+
+
+class TrainingError(Exception):
+    """Training could not go on (a non-finite loss, a debug run whose loss did not fall).
+
+    The CLI prints it and exits with code 1: the input was valid, the run was not.
+    """
