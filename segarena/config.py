@@ -74,13 +74,18 @@ class SplitConfig(Strict):
 
     @model_validator(mode="after")
     def _groups_given(self) -> SplitConfig:
-        if self.method in ("group", "stratified_group") and not (self.group_regex or self.group_csv):
-            raise ValueError(f"split.method={self.method} needs split.group_regex or split.group_csv")
+        if self.method in ("group", "stratified_group") and not (
+            self.group_regex or self.group_csv
+        ):
+            raise ValueError(
+                f"split.method={self.method} needs split.group_regex or split.group_csv"
+            )
         if self.group_regex is not None:
             try:
                 re.compile(self.group_regex)
             except re.error as exc:
-                raise ValueError(f"split.group_regex {self.group_regex!r} is not a regex: {exc}")
+                msg = f"split.group_regex {self.group_regex!r} is not a regex: {exc}"
+                raise ValueError(msg) from None
         return self
 
     @property
@@ -102,9 +107,7 @@ class LossTerm(Strict):
 
 
 class LossConfig(Strict):
-    terms: list[LossTerm] = Field(
-        default_factory=lambda: [LossTerm(name="ce")], min_length=1
-    )
+    terms: list[LossTerm] = Field(default_factory=lambda: [LossTerm(name="ce")], min_length=1)
 
 
 class OptimizerConfig(Strict):

@@ -1,0 +1,99 @@
+"""COCO json annotations: categories mapped by name, shapes checked and rasterised.
+
+Overlap policy
+    Where annotations overlap, the smallest one wins: shapes are painted in descending
+    order of their rasterised pixel area (ties in json order, later on top), so that a
+    small object lying on a large one (a can on a bag) stays visible. The area is
+    measured on the shape itself because the json's `area` field is often missing or
+    stale. Pixels that no annotation covers are class 0 (data.classes[0], the background).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from segarena.errors import UserError
+
+SHOWN = 5  # problems listed in one error message
+
+
+def read_coco(path: Path, classes: list[str]) -> list[tuple[dict, tuple]]:
+    """(image entry, shapes) for every image of the json; shapes are (class_id, segmentation)
+    in json order. UserError naming the file for unknown categories or a malformed json."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            dataset = COCO(str(path)).dataset
+        class_of = _category_classes(dataset, classes, path)
+        image_ids = {info["id"] for info in dataset.get("images", [])}
+        shapes, problems = defaultdict(list), []
+        for ann in dataset.get("annotations", []):
+            if ann["category_id"] not in class_of:
+                problems.append(
+                    f"annotation id {ann['id']}: category_id {ann['category_id']} is not among "
+                    f"the json's categories {sorted(class_of)}"
+                )
+            elif ann["image_id"] not in image_ids:
+                problems.append(
+                    f"annotation id {ann['id']}: image_id {ann['image_id']} is not in images"
+                )
+            else:
+                shapes[ann["image_id"]].append((class_of[ann["category_id"]], ann["segmentation"]))
+        records = [(info, tuple(shapes[info["id"]])) for info in dataset.get("images", [])]
+    except (AssertionError, KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path}: not a valid COCO json ({exc!r})") from None
+    if problems:
+        listed = "\n  ".join(problems[:SHOWN])
+        raise UserError(f"{path}: {len(problems)} bad annotation(s):\n  {listed}")
+    return records
+
+
+def _category_classes(dataset: dict, classes: list[str], path: Path) -> dict[int, int]:
+    """COCO category id -> class id, matched by name (case-insensitive) to data.classes."""
+    index = {name.lower(): i for i, name in enumerate(classes)}
+    class_of = {}
+    for cat in dataset.get("categories", []):
+        name = str(cat["name"])
+        if name.lower() not in index:
+            raise UserError(
+                f"{path}: category {name!r} (id {cat['id']}) is not in data.classes {classes}; "
+                "add it there (classes[0] is the background) or rename the category"
+            )
+        class_of[cat["id"]] = index[name.lower()]
+    return class_of
+
+
+def shape_rles(shapes: tuple, height: int, width: int) -> list[dict]:
+    """One RLE per shape (polygons merged, uncompressed counts compressed); ValueError if a
+    segmentation is malformed or its RLE size is not the image size."""
+    rles = []
+    try:
+        for _, seg in shapes:
+            if isinstance(seg, list):
+                rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+            elif isinstance(seg["counts"], list):
+                rle = mask_utils.frPyObjects(seg, height, width)
+            else:
+                rle = dict(seg)
+            if list(rle["size"]) != [height, width]:
+                raise ValueError(f"RLE size {rle['size']} but the image is {height}x{width}")
+            rles.append(rle)
+    except (KeyError, TypeError, IndexError) as exc:
+        raise ValueError(f"malformed segmentation ({exc!r})") from None
+    return rles
+
+
+def paint_shapes(shapes: tuple, height: int, width: int) -> np.ndarray:
+    """HxW uint8 class ids, the largest shape painted first (see the overlap policy)."""
+    mask = np.zeros((height, width), np.uint8)
+    rles = shape_rles(shapes, height, width)
+    if rles:
+        for i in np.argsort(-mask_utils.area(rles).astype(np.int64), kind="stable"):
+            mask[mask_utils.decode(rles[i]) > 0] = shapes[i][0]
+    return mask

@@ -1,0 +1,108 @@
+"""Torch datasets and loaders over Sample records.
+
+Images leave the dataset as uint8 CHW tensors and are normalised on the device in the
+loop: a quarter of the bytes through the loader and the host-to-device copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from segarena.data.readers import Sample, load_image, load_mask
+
+
+class SegDataset(Dataset):
+    """Samples -> {"image": uint8[3,H,W], "mask": int64[H,W], "index": int}.
+
+    With `full_mask=True` (validation) the transform sees the image only and the mask
+    is returned at its original resolution, so metrics never resize labels down.
+    """
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        transform: A.Compose,
+        full_mask: bool = False,
+        cache: bool = False,
+    ):
+        self.samples = samples
+        self.transform = transform
+        self.full_mask = full_mask
+        # Decoded once in the parent: forked workers share the pages copy-on-write.
+        self.cache = [self._decode(s) for s in samples] if cache else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @staticmethod
+    def _decode(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        return load_image(sample.image_path), load_mask(sample)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        image, mask = self.cache[index] if self.cache else self._decode(sample)
+        if self.full_mask:
+            image = self.transform(image=image)["image"]
+        else:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "mask": torch.from_numpy(mask.astype(np.int64)),
+            "index": index,
+        }
+
+
+def collate_full_masks(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Validation batches: masks kept as a list at their own sizes; images stacked when they
+    share a size (data.image_size set), else kept as a list and run one by one."""
+    images = [it["image"] for it in items]
+    same_size = all(im.shape == images[0].shape for im in images)
+    return {
+        "image": torch.stack(images) if same_size else images,
+        "mask": [it["mask"] for it in items],
+        "index": [it["index"] for it in items],
+    }
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Albumentations 2.0 keeps its own RNG and does not reseed per worker: without this,
+    # every worker would replay the same augmentation stream. torch.initial_seed() here is
+    # the loader's per-epoch base seed + worker_id, so runs are reproducible.
+    info = torch.utils.data.get_worker_info()
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    info.dataset.transform.set_random_seed(seed)
+
+
+def train_loader(
+    dataset: SegDataset, batch_size: int, num_workers: int, generator: torch.Generator
+) -> DataLoader:
+    """Shuffled loader; reseed `generator` at each epoch start for reproducible batches."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=num_workers,
+        drop_last=len(dataset) > batch_size,  # a batch of one breaks BatchNorm
+        worker_init_fn=_seed_worker if num_workers else None,
+        generator=generator,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def val_loader(dataset: SegDataset, batch_size: int, num_workers: int) -> DataLoader:
+    """Ordered loader with full-resolution masks."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_full_masks,
+        pin_memory=torch.cuda.is_available(),
+    )

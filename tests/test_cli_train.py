@@ -1,0 +1,188 @@
+"""End to end through the CLI: train 2 folds x 2 epochs on each reader kind, then evaluate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from synthetic import make_coco, make_mask_folder, tiny_config
+from typer.testing import CliRunner
+
+from segarena.cli import app
+
+runner = CliRunner()
+
+
+def write_config(path, config):
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_cli(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+def only_run_dir(out, experiment="tiny"):
+    runs = [p for p in (out / experiment).iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+@pytest.mark.parametrize("kind", ["mask_folder", "coco"])
+def test_train_all_folds_then_evaluate(tmp_path, kind):
+    data = (make_mask_folder if kind == "mask_folder" else make_coco)(tmp_path / "data", n=12)
+    out = tmp_path / "runs"
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(data, out, kind))
+
+    result = run_cli("train", cfg, "--folds", "all")
+    assert result.exit_code == 0, result.output
+    run_dir = only_run_dir(out)
+    for name in ("config.yaml", "folds.csv", "env.json", "run.json", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [f["fold"] for f in summary["folds"]] == [0, 1]
+    assert summary["epochs"] == 2 and summary["train_images_per_s"] > 0
+    assert set(summary["per_class_iou"]) == {"background", "red", "green", "blue"}
+    assert 0.0 <= summary["miou"] <= 1.0
+    assert summary["miou_std"] == pytest.approx(np.std([f["miou"] for f in summary["folds"]]))
+
+    oof_files = []
+    for k in (0, 1):
+        fold_dir = run_dir / f"fold_{k}"
+        assert (fold_dir / "best.ckpt").is_file() and (fold_dir / "last.ckpt").is_file()
+        lines = (fold_dir / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+        oof_files += sorted((fold_dir / "oof").glob("*.npy"))
+    # every image is validated exactly once across the folds, at half resolution in uint8
+    assert len(oof_files) == 12 and len({p.name for p in oof_files}) == 12
+    probs = np.load(oof_files[0])
+    assert probs.dtype == np.uint8 and probs.shape == (4, 32, 32)
+    assert np.all(np.abs(probs.astype(int).sum(0) - 255) <= 4)  # probabilities sum to one
+
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["versions"]["torch"] == "2.14.1" and env["seed"] == 0
+
+    result = run_cli("evaluate", run_dir, "--split", "val")
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((run_dir / "eval_val.json").read_text())
+    # the same best checkpoints on the same images reproduce the training-time scores
+    assert evaluation["miou"] == pytest.approx(summary["miou"], abs=1e-6)
+    for got, want in zip(evaluation["folds"], summary["folds"]):
+        assert got["miou"] == pytest.approx(want["miou"], abs=1e-6)
+
+
+def test_mlflow_records_the_run(tmp_path):
+    data = make_mask_folder(tmp_path / "data", n=8)
+    out = tmp_path / "runs"
+    config = tiny_config(
+        data,
+        out,
+        split={"method": "holdout", "val_ratio": 0.25},
+        records={"out": str(out), "mlflow": True},
+        train={"epochs": 1},
+    )
+    result = run_cli("train", write_config(tmp_path / "c.yaml", config))
+    assert result.exit_code == 0, result.output
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    assert runs[0].data.params["train.epochs"] == "1"
+    summary = json.loads((only_run_dir(out) / "summary.json").read_text())
+    assert runs[0].data.metrics["miou"] == pytest.approx(summary["miou"])
+    assert "fold0/train_loss" in runs[0].data.metrics
+
+
+def test_a_learnable_dataset_is_learned(tmp_path):
+    data = make_mask_folder(tmp_path / "data", n=32)
+    out = tmp_path / "runs"
+    config = tiny_config(
+        data,
+        out,
+        split={"method": "holdout", "val_ratio": 0.25},
+        optimizer={"name": "adamw", "lr": 0.01},
+        train={"epochs": 10, "batch_size": 4},
+    )
+    result = run_cli("train", write_config(tmp_path / "c.yaml", config))
+    assert result.exit_code == 0, result.output
+    summary = json.loads((only_run_dir(out) / "summary.json").read_text())
+    assert summary["miou"] > 0.5, summary  # chance is ~0.1
+
+
+def test_debug_run_passes_when_loss_falls(tmp_path):
+    data = make_mask_folder(tmp_path / "data", n=16)
+    out = tmp_path / "runs"
+    config = tiny_config(data, out, train={"epochs": 50, "debug_samples": 8, "batch_size": 4})
+    result = run_cli("train", write_config(tmp_path / "c.yaml", config), "--debug")
+    assert result.exit_code == 0, result.output
+    run_dir = only_run_dir(out)
+    assert run_dir.name.endswith("-debug")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epochs"] == 2  # --debug overrides train.epochs
+    lines = (run_dir / "fold_0" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+
+
+def test_debug_run_fails_when_loss_does_not_fall(tmp_path):
+    data = make_mask_folder(tmp_path / "data", n=16)
+    out = tmp_path / "runs"
+    # one full batch and a learning rate too small to move float32 weights: loss stays put
+    config = tiny_config(
+        data,
+        out,
+        optimizer={"name": "sgd", "lr": 1e-20},
+        scheduler={"name": "none", "warmup_epochs": 0},
+        train={"debug_samples": 8, "batch_size": 8},
+    )
+    result = run_cli("train", write_config(tmp_path / "c.yaml", config), "--debug")
+    assert result.exit_code == 1
+    assert "did not fall" in result.output
+
+
+def test_bad_config_key_exits_2_from_a_real_process(tmp_path):
+    data = make_mask_folder(tmp_path / "data", n=4)
+    config = tiny_config(data, tmp_path / "runs")
+    config["train"]["epochz"] = 3
+    path = write_config(tmp_path / "c.yaml", config)
+    proc = subprocess.run(
+        [sys.executable, "-m", "segarena.cli", "train", str(path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "train.epochz" in proc.stderr and "did you mean 'epochs'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_wrong_value_type_and_bad_override_exit_2(tmp_path):
+    data = make_mask_folder(tmp_path / "data", n=4)
+    path = write_config(tmp_path / "c.yaml", tiny_config(data, tmp_path / "runs"))
+    result = run_cli("train", path, "--set", "train.batch_size=lots")
+    assert result.exit_code == 2
+    assert "train.batch_size" in result.output and "lots" in result.output
+    result = run_cli("train", path, "--set", "train.epochs")
+    assert result.exit_code == 2 and "key.sub=value" in result.output
+
+
+def test_folds_csv_that_does_not_match_the_dataset_exits_2(tmp_path):
+    data = make_mask_folder(tmp_path / "data", n=8)
+    out = tmp_path / "runs"
+    path = write_config(tmp_path / "c.yaml", tiny_config(data, out))
+    assert run_cli("split", path).exit_code == 0
+    assert (out / "tiny" / "folds.csv").is_file()
+    make_mask_folder(tmp_path / "data", n=10, seed=1)  # two more images appear
+    result = run_cli("train", path)
+    assert result.exit_code == 2
+    assert "folds.csv" in result.output
+
+
+def test_missing_data_folder_exits_2(tmp_path):
+    path = write_config(tmp_path / "c.yaml", tiny_config(tmp_path / "nowhere", tmp_path / "runs"))
+    result = run_cli("train", path)
+    assert result.exit_code == 2
+    assert "nowhere" in result.output

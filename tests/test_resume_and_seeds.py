@@ -1,0 +1,108 @@
+"""A killed run resumes to the same result; the same seed gives the same run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from synthetic import make_mask_folder, tiny_config
+
+import segarena.train.fit as fit
+from segarena.config import config_from_dict
+from segarena.errors import TrainingError
+from segarena.train.run import train
+
+
+def history(run_dir, fold=0):
+    lines = (run_dir / f"fold_{fold}" / "metrics.jsonl").read_text().splitlines()
+    return [
+        {
+            k: v
+            for k, v in json.loads(line).items()
+            if k in ("epoch", "train_loss", "lr", "val_miou")
+        }
+        for line in lines
+    ]
+
+
+def test_resume_after_a_kill_gives_the_same_metrics(tmp_path, monkeypatch):
+    data = make_mask_folder(tmp_path / "data", n=12)
+    config = config_from_dict(
+        tiny_config(
+            data,
+            tmp_path / "runs",
+            train={"epochs": 3, "batch_size": 4},
+            augment={"train": [{"name": "HorizontalFlip", "params": {"p": 0.5}}]},
+            scheduler={"name": "cosine", "warmup_epochs": 1},
+        )
+    )
+    straight = train(config, tmp_path / "runs")
+
+    real_epoch = fit.train_one_epoch
+    calls = {"n": 0}
+
+    def killed_in_epoch_two(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # what Ctrl-C or a pre-emption does mid-epoch
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(fit, "train_one_epoch", killed_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "runs2")
+    monkeypatch.setattr(fit, "train_one_epoch", real_epoch)
+    killed = next(p for p in (tmp_path / "runs2" / "tiny").iterdir() if p.is_dir())
+    assert not (killed / "summary.json").exists()
+    assert [r["epoch"] for r in history(killed)] == [1]
+
+    resumed = train(None, tmp_path / "runs2", resume=killed)
+    assert resumed == killed
+    assert history(resumed) == history(straight)
+    a = json.loads((straight / "summary.json").read_text())
+    b = json.loads((resumed / "summary.json").read_text())
+    assert b["miou"] == a["miou"] and b["per_class_iou"] == a["per_class_iou"]
+
+
+def test_same_seed_same_run_with_dataloader_workers(tmp_path):
+    data = make_mask_folder(tmp_path / "data", n=12)
+    raw = tiny_config(
+        data,
+        tmp_path / "runs",
+        train={"epochs": 2, "batch_size": 4},
+        augment={
+            "train": [
+                {"name": "HorizontalFlip", "params": {"p": 0.5}},
+                {"name": "RandomBrightnessContrast", "params": {}},
+            ]
+        },
+    )
+    raw["data"]["num_workers"] = 2
+    first = train(config_from_dict(raw), tmp_path / "a")
+    second = train(config_from_dict(raw), tmp_path / "b")
+    assert history(first) == history(second)
+    raw["train"]["seed"] = 1
+    other = train(config_from_dict(raw), tmp_path / "c")
+    assert history(other) != history(first)
+
+
+def test_non_finite_loss_names_epoch_and_step(tmp_path, monkeypatch):
+    data = make_mask_folder(tmp_path / "data", n=8)
+    config = config_from_dict(
+        tiny_config(data, tmp_path / "runs", split={"method": "holdout"}, train={"batch_size": 2})
+    )  # 3 steps an epoch
+    real_build = fit.build_loss
+
+    def nan_after_first_step(*args, **kwargs):
+        loss = real_build(*args, **kwargs)
+        calls = {"n": 0}
+
+        def forward(logits, target):
+            calls["n"] += 1
+            value = loss(logits, target)
+            return value * float("nan") if calls["n"] == 2 else value
+
+        return forward
+
+    monkeypatch.setattr(fit, "build_loss", nan_after_first_step)
+    with pytest.raises(TrainingError, match=r"epoch 1, step 2"):
+        train(config, tmp_path / "runs")
