@@ -98,6 +98,9 @@ class ModelConfig(Strict):
     encoder: str = "efficientnet-b0"
     encoder_weights: str | None = None  # null, "imagenet" (downloads) or a local file path
     kwargs: dict[str, Any] = Field(default_factory=dict)  # passed on to smp.create_model
+    # BatchNorm momentum for every BN layer; null keeps the encoder's own. SMP's
+    # efficientnet-* use 0.01 (TF's 0.99), too slow for running stats trained from scratch.
+    bn_momentum: float | None = Field(None, gt=0, le=1)
 
 
 class LossTerm(Strict):

@@ -69,6 +69,10 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> nn.
         ) from None
     if local_file is not None:
         load_encoder_weights(model, local_file)
+    if cfg.bn_momentum is not None:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = cfg.bn_momentum
     return model
 
 

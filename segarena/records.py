@@ -129,14 +129,23 @@ class Tracker:
         self.run_id = run_id
         if not self.enabled:
             return
+        import logging
+
         import mlflow
 
+        # Creating the SQLite store logs alembic migrations at INFO: noise for the user.
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         uri = config.records.tracking_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
         self.client = mlflow.MlflowClient(uri)
         if self.run_id is None:
             found = self.client.get_experiment_by_name(config.experiment)
+            # Artifacts default to ./mlruns in the working directory: keep them beside the db.
+            artifacts = (out / "mlflow-artifacts" / config.experiment).resolve().as_uri()
             exp_id = (
-                found.experiment_id if found else self.client.create_experiment(config.experiment)
+                found.experiment_id
+                if found
+                else self.client.create_experiment(config.experiment, artifact_location=artifacts)
             )
             run = self.client.create_run(
                 exp_id, run_name=run_dir.name, tags={"run_dir": str(run_dir)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,6 +99,9 @@ def test_mlflow_records_the_run(tmp_path):
     summary = json.loads((only_run_dir(out) / "summary.json").read_text())
     assert runs[0].data.metrics["miou"] == pytest.approx(summary["miou"])
     assert "fold0/train_loss" in runs[0].data.metrics
+    # the summary is logged as an artifact inside OUT, not in the working directory
+    assert list((out / "mlflow-artifacts").rglob("summary.json"))
+    assert not Path("mlruns").exists()
 
 
 def test_a_learnable_dataset_is_learned(tmp_path):

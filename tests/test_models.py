@@ -245,3 +245,13 @@ def test_predict_logits_is_the_model_on_divisible_input():
     with torch.no_grad():
         assert torch.equal(predict_logits(model, x), model(x))
         assert torch.equal(predict_logits(model, x, out_size=(64, 96)), model(x))
+
+
+def test_bn_momentum_reaches_every_batchnorm():
+
+    default = build_model(ModelConfig(encoder="efficientnet-b0"), 3)
+    momenta = {m.momentum for m in default.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert any(abs(m - 0.01) < 1e-9 for m in momenta)  # SMP's efficientnet: TF's 0.99
+    tuned = build_model(ModelConfig(encoder="efficientnet-b0", bn_momentum=0.1), 3)
+    momenta = {m.momentum for m in tuned.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert momenta == {0.1}
