@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from lightning_fabric import Fabric
 
-from segarena.config import load_config
+from segarena.config import SchedulerConfig, load_config
 from segarena.data.augment import build_transforms
 from segarena.data.dataset import SegDataset, train_loader
 from segarena.data.readers import read_samples
@@ -44,7 +44,7 @@ def probe_images_per_s(config, samples, batches: int = 4) -> float:
     loader = train_loader(SegDataset(subset, transform), config.train.batch_size, 0, None)
     model = build_model(config.model, config.data.num_classes)
     optimizer = build_optimizer(model, config.optimizer)
-    scheduler = build_scheduler(optimizer, config.scheduler, 1, len(loader))
+    scheduler = build_scheduler(optimizer, SchedulerConfig(name="none"), 1, len(loader))
     loss_fn = build_loss(config.loss, config.data.num_classes, config.data.ignore_index)
     fabric = Fabric(accelerator=config.train.accelerator, devices=1)
     model, optimizer = fabric.setup(model, optimizer)
