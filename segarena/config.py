@@ -42,6 +42,58 @@ class Source(Strict):
         return self
 
 
+class TilesConfig(Strict):
+    """Train on tiles cut from large images at native resolution (segarena.data.tiles)."""
+
+    size: int = Field(ge=16)  # tile height and width, in pixels
+    stride: int | None = Field(None, ge=1)  # between sliding windows; None = size - 2 * margin
+    mode: Literal["random", "sliding"] = "random"
+    background_keep_p: float = Field(1.0, ge=0.0, le=1.0)  # keep rate of background-only tiles
+    margin: int = Field(0, ge=0)  # border pixels set to ignore_index: their context is cut
+
+    @model_validator(mode="after")
+    def _centres_cover(self) -> TilesConfig:
+        centre = self.size - 2 * self.margin
+        if centre < 1:
+            raise ValueError(
+                f"data.tiles.margin={self.margin} leaves no trainable centre in tiles of "
+                f"size {self.size}; expected margin < size / 2"
+            )
+        if self.stride is not None and self.stride > centre:
+            raise ValueError(
+                f"data.tiles.stride={self.stride} skips pixels: tile centres are "
+                f"{centre} px (size - 2 * margin), so expected stride <= {centre}"
+            )
+        return self
+
+    @property
+    def step(self) -> int:
+        """The sliding-window stride in pixels (stride, or centres that just touch)."""
+        return self.stride if self.stride is not None else self.size - 2 * self.margin
+
+
+class CleanseConfig(Strict):
+    """Train on labels cleansed by a label audit (`segarena audit`; segarena.cleanse).
+    Training images only: validation masks are never cleansed."""
+
+    audit: str  # the audit's output folder (${VAR} expanded; relative to the working dir)
+    # ignore: flagged pixels -> ignore_index; relabel: flagged pixels -> the model's class
+    # where its probability >= relabel_confidence, else ignore_index; drop: leave out the
+    # drop_top worst images of the audit's issues.csv
+    action: Literal["ignore", "relabel", "drop"] = "ignore"
+    drop_top: int | None = Field(None, ge=1)
+    relabel_confidence: float = Field(0.9, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _drop_count(self) -> CleanseConfig:
+        if (self.action == "drop") != (self.drop_top is not None):
+            raise ValueError(
+                f"data.cleanse: action={self.action} with drop_top={self.drop_top}; expected "
+                "drop_top (a number of images >= 1) with action drop, and only with it"
+            )
+        return self
+
+
 class DataConfig(Strict):
     root: str = "."  # ${VAR:-default} is expanded; relative paths are from the working dir
     sources: list[Source] = Field(min_length=1)
@@ -52,6 +104,19 @@ class DataConfig(Strict):
     num_workers: int = Field(2, ge=0)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    tiles: TilesConfig | None = None  # train on tiles of large images; validation stays whole
+    cleanse: CleanseConfig | None = None  # training labels cleansed by an audit
+
+    @model_validator(mode="after")
+    def _tiles_at_native_size(self) -> DataConfig:
+        if self.tiles is not None and self.image_size is not None:
+            raise ValueError(
+                f"data.image_size={list(self.image_size)} and data.tiles are both set: tiles "
+                "are cut at native resolution and validation runs on whole native images, so "
+                "expected data.image_size: null (downscale the image files beforehand, or use "
+                "model.downconv, to train at a lower resolution)"
+            )
+        return self
 
     @property
     def num_classes(self) -> int:
@@ -101,6 +166,7 @@ class ModelConfig(Strict):
     # BatchNorm momentum for every BN layer; null keeps the encoder's own. SMP's
     # efficientnet-* use 0.01 (TF's 0.99), too slow for running stats trained from scratch.
     bn_momentum: float | None = Field(None, gt=0, le=1)
+    downconv: int = Field(1, ge=1, le=8)  # k: fold k x k pixels into channels; 1 = off
 
 
 class LossTerm(Strict):
@@ -131,6 +197,14 @@ class SchedulerConfig(Strict):
     patience: int = Field(3, ge=0)  # plateau: validations without improvement
 
 
+class SamplerConfig(Strict):
+    """Which training images each epoch draws (segarena.data.sampling)."""
+
+    name: Literal["uniform", "class_balanced"] = "uniform"
+    # class_balanced: image weight = max over its classes of (1 / share of images with it)^power
+    power: float = Field(0.5, ge=0.0, le=2.0)
+
+
 class TrainConfig(Strict):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -146,6 +220,7 @@ class TrainConfig(Strict):
     debug_samples: int = Field(16, ge=2)  # --debug: this many train images (and half for val)
     oof_dtype: Literal["float16", "uint8"] = "uint8"
     oof_scale: float = Field(0.5, gt=0, le=1)  # out-of-fold probabilities stored downscaled
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
 
 
 class TransformSpec(Strict):
@@ -153,15 +228,85 @@ class TransformSpec(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class MixingConfig(Strict):
+    """Batch-level mixing on the device (segarena.data.mixing). A batch gets at most one
+    method: each `*_p` is the share of batches that get it, so together they are <= 1."""
+
+    mixup_p: float = Field(0.0, ge=0.0, le=1.0)
+    mixup_alpha: float = Field(0.4, gt=0.0)  # image weight lam ~ Beta(alpha, alpha)
+    cutmix_p: float = Field(0.0, ge=0.0, le=1.0)
+    cutmix_alpha: float = Field(1.0, gt=0.0)  # box covers 1 - lam, lam ~ Beta(alpha, alpha)
+    snapmix_p: float = Field(0.0, ge=0.0, le=1.0)  # loss-guided cutmix: one more forward pass
+    snapmix_alpha: float = Field(1.0, gt=0.0)  # box size as cutmix_alpha
+    copy_paste_p: float = Field(0.0, ge=0.0, le=1.0)
+    copy_paste_max_objects: int = Field(3, ge=1)  # pasted into each image: 1 to this many
+    # class draw weight (1 / pixel share of the class in the batch) ** power; 0 = uniform
+    copy_paste_power: float = Field(1.0, ge=0.0, le=2.0)
+    copy_paste_class_weights: list[float] | None = None  # one per class, replaces power
+    # larger objects (often background or stuff) would cover the target, not add to it
+    copy_paste_max_area: float = Field(0.25, gt=0.0, le=1.0)  # share of the image
+
+    @model_validator(mode="after")
+    def _at_most_one_per_batch(self) -> MixingConfig:
+        total = self.mixup_p + self.cutmix_p + self.snapmix_p + self.copy_paste_p
+        if total > 1.0 + 1e-9:
+            raise ValueError(
+                f"augment.mixing: mixup_p + cutmix_p + snapmix_p + copy_paste_p = {total:g}; "
+                "a batch gets at most one method, so expected a sum <= 1"
+            )
+        weights = self.copy_paste_class_weights
+        if weights is not None and (min(weights, default=0.0) < 0 or sum(weights) <= 0):
+            raise ValueError(
+                f"augment.mixing.copy_paste_class_weights={weights}: expected weights >= 0, "
+                "one per class, at least one of them > 0"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any method can fire (otherwise no mixer is built at all)."""
+        return self.mixup_p + self.cutmix_p + self.snapmix_p + self.copy_paste_p > 0
+
+
 class AugmentConfig(Strict):
+    # segarena.data.augment.PRESETS: transforms run before `train`; "none" = only `train`
+    preset: Literal["none", "light", "medium", "heavy"] = "none"
+    # no canonical "up" (aerial, microscopy): presets add VerticalFlip and RandomRotate90;
+    # needs square training images
+    rotate90: bool = False
     train: list[TransformSpec] = Field(default_factory=list)
     val: list[TransformSpec] = Field(default_factory=list)
+    mixing: MixingConfig = Field(default_factory=MixingConfig)
 
 
 class RecordsConfig(Strict):
     out: str = "runs"
     mlflow: bool = True
     tracking_uri: str | None = None  # default: sqlite:///<out>/mlflow.db
+
+
+class InferConfig(Strict):
+    """How `evaluate` and `predict` run the model (segarena.infer); CLI options override it."""
+
+    tta: Literal["none", "hflip", "vflip", "d4"] = "none"
+    scales: list[float] = Field(default_factory=lambda: [1.0], min_length=1)  # input resize
+    merge: Literal["mean", "gmean", "logits"] = "mean"  # mean of probs, geometric, of logits
+    window: tuple[int, int] | None = None  # sliding window (height, width); null = whole image
+    overlap: float = Field(0.5, ge=0.0, lt=1.0)  # share of a window its neighbour also covers
+    sw_batch_size: int = Field(4, ge=1)  # windows per forward pass (times the TTA views)
+
+    @model_validator(mode="after")
+    def _positive_sizes(self) -> InferConfig:
+        if any(not 0 < s <= 8 for s in self.scales):
+            raise ValueError(f"infer.scales={self.scales}: expected scales in (0, 8]")
+        if self.window is not None and min(self.window) < 1:
+            raise ValueError(f"infer.window={list(self.window)}: expected sizes >= 1")
+        return self
+
+    @property
+    def is_plain(self) -> bool:
+        """One forward pass of the whole image: what training-time validation does."""
+        return self.tta == "none" and self.scales == [1.0] and self.window is None
 
 
 class Config(Strict):
@@ -175,6 +320,7 @@ class Config(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     records: RecordsConfig = Field(default_factory=RecordsConfig)
+    infer: InferConfig = Field(default_factory=InferConfig)
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

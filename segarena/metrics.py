@@ -125,13 +125,40 @@ def bootstrap_miou_ci(
     cms = np.asarray(per_image_cms, dtype=np.float64)
     if cms.ndim != 3 or cms.shape[1] != cms.shape[2] or len(cms) == 0:
         raise ValueError(f"expected per-image confusion matrices [N, C, C], got {cms.shape}")
-    n_images = len(cms)
+    mious = _resampled_mious(cms, _draws(len(cms), n_boot, seed))
+    low, high = np.nanpercentile(mious, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(low), float(high)
+
+
+def bootstrap_miou_diff_ci(
+    cms_a: np.ndarray, cms_b: np.ndarray, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05
+) -> tuple[float, float]:
+    """Paired percentile (1 - alpha) interval of mIoU(B) - mIoU(A), resampling images.
+
+    `cms_a[i]` and `cms_b[i]` are the two runs' confusion matrices of the same image i. Each
+    resample draws the same images for both runs, so what the images share (easy or hard
+    scenes) cancels out of the difference and only the runs' disagreement is left.
+    """
+    a = np.asarray(cms_a, dtype=np.float64)
+    b = np.asarray(cms_b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 3 or a.shape[1] != a.shape[2] or len(a) == 0:
+        raise ValueError(f"expected two [N, C, C] arrays of one shape, got {a.shape}, {b.shape}")
+    draws = _draws(len(a), n_boot, seed)
+    diffs = _resampled_mious(b, draws) - _resampled_mious(a, draws)
+    low, high = np.nanpercentile(diffs, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(low), float(high)
+
+
+def _draws(n_images: int, n_boot: int, seed: int) -> np.ndarray:
+    """How many times each image is drawn in each resample: [n_boot, N]."""
     rng = np.random.default_rng(seed)
-    # how many times each image is drawn in each resample: [n_boot, N]
-    draws = rng.multinomial(n_images, np.full(n_images, 1.0 / n_images), size=n_boot)
+    return rng.multinomial(n_images, np.full(n_images, 1.0 / n_images), size=n_boot)
+
+
+def _resampled_mious(cms: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """The mIoU of each resample: only the diagonal and row/column sums are needed, so all
+    resamples are one matrix product."""
     tp = draws @ np.diagonal(cms, axis1=1, axis2=2)
     support = draws @ cms.sum(axis=2)
     predicted = draws @ cms.sum(axis=1)
-    mious = _nanmean(_iou(tp, support, predicted), axis=1)
-    low, high = np.nanpercentile(mious, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return float(low), float(high)
+    return _nanmean(_iou(tp, support, predicted), axis=1)

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from segarena.config import ModelConfig
+from segarena.downconv import SpaceToDepth, widen_stem
 from segarena.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,9 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> nn.
             arch,
             encoder_name=cfg.encoder,
             encoder_weights=smp_weights,
-            in_channels=in_channels,
-            classes=num_classes,
+            # downconv k: the net sees k*k pixels per input pixel and predicts k*k per output
+            in_channels=in_channels * cfg.downconv**2,
+            classes=num_classes * cfg.downconv**2,
             **cfg.kwargs,
         )
     except (TypeError, ValueError, KeyError, AssertionError) as exc:
@@ -68,12 +70,12 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> nn.
             f"kwargs={cfg.kwargs!r}: {type(exc).__name__}: {why}"
         ) from None
     if local_file is not None:
-        load_encoder_weights(model, local_file)
+        load_encoder_weights(model, local_file, stem_factor=cfg.downconv)
     if cfg.bn_momentum is not None:
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.momentum = cfg.bn_momentum
-    return model
+    return model if cfg.downconv == 1 else SpaceToDepth(model, cfg.downconv)
 
 
 def _check_arch(arch: str) -> str:
@@ -181,18 +183,22 @@ def _smp_weights(encoder: str, weights: str | None) -> str | bool | None:
     return weights
 
 
-def load_encoder_weights(model: nn.Module, path: str | Path) -> int:
+def load_encoder_weights(model: nn.Module, path: str | Path, stem_factor: int = 1) -> int:
     """Load a local weights file into `model.encoder` and return how many tensors it loaded.
 
     The file may hold a bare encoder state dict, a full-model state dict (`encoder.` keys),
     or a checkpoint dict with the state dict under `state_dict` or `model`. Tensors are
     matched by name; UserError when under half of the encoder's tensors match, or when a
-    matched name has another shape (a file made for a different encoder).
+    matched name has another shape (a file made for a different encoder). With
+    `stem_factor` k > 1 (model.downconv), the file's first conv is widened to k*k times its
+    input channels by timm's `adapt_input_conv`, as SMP and timm do for pretrained weights.
     """
     path = Path(path)
-    encoder = model.encoder
+    encoder = (model.net if isinstance(model, SpaceToDepth) else model).encoder
     own = encoder.state_dict()
     state = _encoder_keys(read_state_dict(path), list(own))
+    if stem_factor > 1:
+        state = {k: widen_stem(v, own.get(k), stem_factor) for k, v in state.items()}
     common = [k for k in own if k in state]
     wrong = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -267,7 +273,8 @@ def _encoder_keys(state: dict[str, Tensor], own_keys: list[str]) -> dict[str, Te
 
 
 def model_divisor(model: nn.Module) -> int:
-    """The factor the input height and width must be a multiple of: the encoder's output stride.
+    """The factor the input height and width must be a multiple of: the encoder's output stride
+    (times k for model.downconv k, whose net runs at 1/k of the input size).
 
     SMP checks this in `check_input_shape` for most archs. Unet waives the check (its decoder
     resizes features to the skip connections), but padding to the stride keeps those feature
@@ -278,8 +285,11 @@ def model_divisor(model: nn.Module) -> int:
         inner = getattr(model, attr, None)
         if isinstance(inner, nn.Module):
             model = inner
+    factor = 1
+    if isinstance(model, SpaceToDepth):
+        model, factor = model.net, model.factor
     stride = getattr(getattr(model, "encoder", None), "output_stride", None)
-    return int(stride) if stride else 32
+    return factor * (int(stride) if stride else 32)
 
 
 def predict_logits(

@@ -11,7 +11,7 @@ from typing import Any
 import albumentations as A
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from segarena.data.readers import Sample, load_image, load_mask
 
@@ -38,6 +38,11 @@ class SegDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    @property
+    def item_classes(self) -> list[tuple[int, ...]]:
+        """Class ids present in each item, what class-balanced sampling weighs."""
+        return [sample.classes for sample in self.samples]
 
     @staticmethod
     def _decode(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
@@ -81,13 +86,19 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def train_loader(
-    dataset: SegDataset, batch_size: int, num_workers: int, generator: torch.Generator
+    dataset: SegDataset,
+    batch_size: int,
+    num_workers: int,
+    generator: torch.Generator,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
-    """Shuffled loader; reseed `generator` at each epoch start for reproducible batches."""
+    """Shuffled loader, or one drawing from `sampler` (which should draw from `generator`);
+    reseed `generator` at each epoch start for reproducible batches."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         num_workers=num_workers,
         drop_last=len(dataset) > batch_size,  # a batch of one breaks BatchNorm
         worker_init_fn=_seed_worker if num_workers else None,

@@ -15,12 +15,16 @@ import torch.nn.functional as F
 from lightning_fabric import Fabric
 
 from segarena.config import Config
-from segarena.data.augment import build_transforms
+from segarena.data.augment import PAD_DIVISOR, build_transforms
 from segarena.data.dataset import SegDataset, train_loader, val_loader
+from segarena.data.mixing import build_mixer
 from segarena.data.readers import Sample
+from segarena.data.sampling import build_sampler
+from segarena.data.tiles import TileDataset
 from segarena.losses import build_loss
 from segarena.metrics import scores
 from segarena.models import build_model
+from segarena.oof import PerImageRecorder, oof_name
 from segarena.optim import build_optimizer, build_scheduler
 from segarena.records import Tracker, append_jsonl, read_jsonl, write_json_atomic
 from segarena.train.checkpoint import load_checkpoint, save_atomic, unwrap
@@ -47,6 +51,22 @@ def mean_std(config: Config, device: torch.device) -> tuple[torch.Tensor, torch.
     return mean, std
 
 
+def train_dataset(config: Config, samples: list[Sample]) -> SegDataset:
+    """Whole training images, or tiles of them (data.tiles), through augment.train."""
+    cfg_data = config.data
+    # a downconv model runs at 1/k size: its input must divide by k times the encoder stride
+    pad = PAD_DIVISOR * config.model.downconv
+    augment = config.augment
+    transform = build_transforms(
+        cfg_data, augment.train, True, "augment.train", pad, augment.preset, augment.rotate90
+    )
+    if cfg_data.tiles is None:
+        return SegDataset(samples, transform, cache=cfg_data.cache)
+    return TileDataset(
+        samples, transform, cfg_data.tiles, cfg_data.ignore_index, cfg_data.cache, config.train.seed
+    )
+
+
 def oof_writer(fold_dir: Path, samples: list[Sample], config: Config):
     """Callback saving each validation image's probabilities compactly (see train.oof_*)."""
     out = fold_dir / "oof"
@@ -67,9 +87,113 @@ def oof_writer(fold_dir: Path, samples: list[Sample], config: Config):
     return write
 
 
-def oof_name(sample_id: str) -> str:
-    """File-name-safe form of a sample id (ids may hold a source prefix with '/')."""
-    return sample_id.replace("/", "__")
+@dataclass
+class FoldParts:
+    """Everything one fold trains with, set up on Fabric."""
+
+    model: torch.nn.Module
+    optimizer: Any
+    scheduler: Any
+    loss_fn: torch.nn.Module
+    mixer: Any
+    train_ds: SegDataset
+    loader: Any
+    vloader: Any
+    generator: torch.Generator
+    norm: tuple[torch.Tensor, torch.Tensor]
+
+
+def build_parts(config: Config, fabric: Fabric, data: FoldData) -> FoldParts:
+    """Datasets, loaders, model, optimizer, schedule, loss and mixer of one fold."""
+    cfg_train, cfg_data = config.train, config.data
+    seed_everything(cfg_train.seed)
+    train_ds = train_dataset(config, data.train)
+    val_transform = build_transforms(cfg_data, config.augment.val, False, "augment.val")
+    val_ds = SegDataset(data.val, val_transform, full_mask=True, cache=cfg_data.cache)
+    generator = torch.Generator()
+    sampler = build_sampler(cfg_train.sampler, train_ds.item_classes, generator)
+    loader = train_loader(train_ds, cfg_train.batch_size, cfg_data.num_workers, generator, sampler)
+    vloader = val_loader(val_ds, cfg_train.batch_size, cfg_data.num_workers)
+
+    model = build_model(config.model, cfg_data.num_classes)
+    if cfg_train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, config.optimizer)
+    updates_per_epoch = math.ceil(len(loader) / cfg_train.accumulate)
+    scheduler = build_scheduler(optimizer, config.scheduler, cfg_train.epochs, updates_per_epoch)
+    model, optimizer = fabric.setup(model, optimizer)
+    return FoldParts(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loss_fn=build_loss(config.loss, cfg_data.num_classes, cfg_data.ignore_index),
+        mixer=build_mixer(config.augment.mixing, cfg_data.num_classes, cfg_data.ignore_index),
+        train_ds=train_ds,
+        loader=fabric.setup_dataloaders(loader),
+        vloader=fabric.setup_dataloaders(vloader, move_to_device=False),
+        generator=generator,
+        norm=mean_std(config, fabric.device),
+    )
+
+
+def restore(parts: FoldParts, fabric: Fabric, fold_dir: Path, fold: int) -> dict[str, Any]:
+    """The fold's loop state, resumed from last.ckpt when a killed run left one."""
+    state = {"epoch": 0, "num_updates": 0, "best_miou": -1.0, "best_epoch": 0, "bad": 0}
+    last_path, metrics_path = fold_dir / "last.ckpt", fold_dir / "metrics.jsonl"
+    if last_path.is_file():
+        ckpt = load_checkpoint(last_path)
+        unwrap(parts.model).load_state_dict(ckpt["model"])
+        parts.optimizer.load_state_dict(ckpt["optimizer"])
+        parts.scheduler.load_state_dict(ckpt["scheduler"])
+        state.update(ckpt["state"])
+        fabric.print(f"fold {fold}: resuming after epoch {state['epoch']}")
+    # Epochs logged after the last checkpoint (killed in between) are trained again.
+    kept = [r for r in read_jsonl(metrics_path) if r["epoch"] <= state["epoch"]]
+    if fabric.is_global_zero:
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return state
+
+
+def validate_epoch(
+    config: Config, fabric: Fabric, parts: FoldParts, state: dict, record: dict, best_path: Path
+) -> float:
+    """Score the model on the fold's validation images; keep best.ckpt; count patience."""
+    cfg_data = config.data
+    matrix = validate(
+        fabric, parts.model, parts.vloader, cfg_data.num_classes, cfg_data.ignore_index, parts.norm
+    ).matrix
+    val = scores(matrix)
+    metric = val["miou"]
+    record.update(val_miou=metric, val_pixel_acc=val["pixel_acc"])
+    record["val_per_class_iou"] = val["per_class_iou"]
+    if metric > state["best_miou"]:
+        state.update(best_miou=metric, best_epoch=record["epoch"], bad=0)
+        if fabric.is_global_zero:
+            weights = unwrap(parts.model).state_dict()
+            save_atomic({"model": weights, "epoch": record["epoch"], "miou": metric}, best_path)
+    else:
+        state["bad"] += 1
+    return metric
+
+
+def save_epoch(
+    fabric: Fabric, parts: FoldParts, state: dict, record: dict, fold_dir: Path, fold: int,
+    tracker: Tracker,
+) -> None:  # fmt: skip
+    """metrics.jsonl and MLflow first, then last.ckpt (a resume re-trains unsaved epochs)."""
+    if fabric.is_global_zero:
+        append_jsonl(fold_dir / "metrics.jsonl", record)
+        tracker.log_metrics(
+            {f"fold{fold}/{k}": v for k, v in record.items() if k != "epoch"}, record["epoch"]
+        )
+        checkpoint = {
+            "model": unwrap(parts.model).state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(),
+            "state": state,
+        }
+        save_atomic(checkpoint, fold_dir / "last.ckpt")
+    fabric.barrier()
 
 
 def fit_fold(
@@ -89,73 +213,23 @@ def fit_fold(
     result_path = fold_dir / "result.json"
     if result_path.is_file():  # finished before a resume: nothing left to do
         return json.loads(result_path.read_text())
-    cfg_train, cfg_data = config.train, config.data
-    seed_everything(cfg_train.seed)
-    train_ds = SegDataset(
-        data.train,
-        build_transforms(cfg_data, config.augment.train, True, "augment.train"),
-        cache=cfg_data.cache,
-    )
-    val_ds = SegDataset(
-        data.val,
-        build_transforms(cfg_data, config.augment.val, False, "augment.val"),
-        full_mask=True,
-        cache=cfg_data.cache,
-    )
-    generator = torch.Generator()
-    loader = train_loader(train_ds, cfg_train.batch_size, cfg_data.num_workers, generator)
-    vloader = val_loader(val_ds, cfg_train.batch_size, cfg_data.num_workers)
-
-    model = build_model(config.model, cfg_data.num_classes)
-    if cfg_train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, config.optimizer)
-    updates_per_epoch = math.ceil(len(loader) / cfg_train.accumulate)
-    scheduler = build_scheduler(optimizer, config.scheduler, cfg_train.epochs, updates_per_epoch)
-    loss_fn = build_loss(config.loss, cfg_data.num_classes, cfg_data.ignore_index)
-    model, optimizer = fabric.setup(model, optimizer)
-    loader = fabric.setup_dataloaders(loader)
-    vloader = fabric.setup_dataloaders(vloader, move_to_device=False)
-    norm = mean_std(config, fabric.device)
-
-    state = {"epoch": 0, "num_updates": 0, "best_miou": -1.0, "best_epoch": 0, "bad": 0}
-    last_path, best_path = fold_dir / "last.ckpt", fold_dir / "best.ckpt"
-    metrics_path = fold_dir / "metrics.jsonl"
-    if last_path.is_file():
-        ckpt = load_checkpoint(last_path)
-        unwrap(model).load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        state.update(ckpt["state"])
-        fabric.print(f"fold {fold}: resuming after epoch {state['epoch']}")
-    # Epochs logged after the last checkpoint (killed in between) are trained again.
-    kept = [r for r in read_jsonl(metrics_path) if r["epoch"] <= state["epoch"]]
-    if fabric.is_global_zero:
-        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-
+    cfg_train = config.train
+    parts = build_parts(config, fabric, data)
+    state = restore(parts, fabric, fold_dir, fold)
     progress = EpochProgress(enabled=fabric.is_global_zero)
     for epoch in range(state["epoch"], cfg_train.epochs):
         # Reseeding per epoch makes epoch e's batches, augmentations and dropout the same
         # whether or not the run was resumed before it: no RNG state needs saving.
         seed_everything(cfg_train.seed + epoch)
-        generator.manual_seed(cfg_train.seed + epoch)
-        train_ds.transform.set_random_seed(cfg_train.seed + epoch)
-        with progress.epoch(fold, epoch + 1, cfg_train.epochs, len(loader)) as on_step:
+        parts.generator.manual_seed(cfg_train.seed + epoch)
+        parts.train_ds.transform.set_random_seed(cfg_train.seed + epoch)
+        with progress.epoch(fold, epoch + 1, cfg_train.epochs, len(parts.loader)) as on_step:
             stats, state["num_updates"] = train_one_epoch(
-                fabric,
-                model,
-                loader,
-                loss_fn,
-                optimizer,
-                scheduler,
-                epoch,
-                state["num_updates"],
-                norm,
-                cfg_train.accumulate,
-                cfg_train.grad_clip,
-                cfg_train.channels_last,
-                on_step,
-            )
+                fabric, parts.model, parts.loader, parts.loss_fn, parts.optimizer,
+                parts.scheduler, epoch, state["num_updates"], parts.norm,
+                accumulate=cfg_train.accumulate, grad_clip=cfg_train.grad_clip,
+                channels_last=cfg_train.channels_last, on_step=on_step, mixer=parts.mixer,
+            )  # fmt: skip
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "train_loss": stats.loss,
@@ -166,52 +240,27 @@ def fit_fold(
         }
         metric = None
         if (epoch + 1) % cfg_train.val_every == 0 or epoch + 1 == cfg_train.epochs:
-            val = scores(
-                validate(
-                    fabric, model, vloader, cfg_data.num_classes, cfg_data.ignore_index, norm
-                ).matrix
-            )
-            metric = val["miou"]
-            record.update(val_miou=metric, val_pixel_acc=val["pixel_acc"])
-            record["val_per_class_iou"] = val["per_class_iou"]
-            if metric > state["best_miou"]:
-                state.update(best_miou=metric, best_epoch=epoch + 1, bad=0)
-                if fabric.is_global_zero:
-                    save_atomic(
-                        {"model": unwrap(model).state_dict(), "epoch": epoch + 1, "miou": metric},
-                        best_path,
-                    )
-            else:
-                state["bad"] += 1
-        scheduler.step_epoch(epoch + 1, metric)
+            metric = validate_epoch(config, fabric, parts, state, record, fold_dir / "best.ckpt")
+        parts.scheduler.step_epoch(epoch + 1, metric)
         state["epoch"] = epoch + 1
         stop = cfg_train.early_stopping is not None and state["bad"] >= cfg_train.early_stopping
         progress.summary(fold, record, state["best_miou"], stop)
-        if fabric.is_global_zero:
-            append_jsonl(metrics_path, record)
-            tracker.log_metrics(
-                {f"fold{fold}/{k}": v for k, v in record.items() if k != "epoch"}, epoch + 1
-            )
-            save_atomic(
-                {
-                    "model": unwrap(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "state": state,
-                },
-                last_path,
-            )
-        fabric.barrier()
+        save_epoch(fabric, parts, state, record, fold_dir, fold, tracker)
         if stop:
             break
-    return finish_fold(config, fabric, model, vloader, data.val, fold_dir, fold, norm)
+    return finish_fold(config, fabric, parts.model, parts.vloader, data.val, fold_dir, fold,
+                       parts.norm)  # fmt: skip
 
 
 def finish_fold(config, fabric, model, vloader, val_samples, fold_dir, fold, norm) -> dict:
     """Score the best weights once more, writing OOF probabilities and the fold result."""
     best = load_checkpoint(fold_dir / "best.ckpt")
     unwrap(model).load_state_dict(best["model"])
-    writer = oof_writer(fold_dir, val_samples, config) if fabric.is_global_zero else None
+    # per-image confusion matrices let `segarena compare` resample images exactly
+    per_image = PerImageRecorder(val_samples, config.data.num_classes, config.data.ignore_index)
+    writer = (
+        per_image.wrap(oof_writer(fold_dir, val_samples, config)) if fabric.is_global_zero else None
+    )
     matrix = validate(
         fabric,
         model,
@@ -234,5 +283,6 @@ def finish_fold(config, fabric, model, vloader, val_samples, fold_dir, fold, nor
         "train_loss": [r["train_loss"] for r in history],
     }
     if fabric.is_global_zero:
+        per_image.save(fold_dir)  # before result.json: a finished fold always has it
         write_json_atomic(fold_dir / "result.json", result)
     return result

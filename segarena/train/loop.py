@@ -14,6 +14,7 @@ import torch
 from lightning_fabric import Fabric
 from torch import nn
 
+from segarena.data.mixing import BatchMixer
 from segarena.errors import TrainingError
 from segarena.metrics import ConfusionMatrix
 from segarena.models import predict_logits
@@ -51,8 +52,10 @@ def train_one_epoch(
     grad_clip: float | None = None,
     channels_last: bool = False,
     on_step: Callable[[int, float, float, float], None] | None = None,
+    mixer: BatchMixer | None = None,
 ) -> tuple[EpochStats, int]:
-    """Train over `loader` once; returns the epoch's stats and the updated update count."""
+    """Train over `loader` once; returns the epoch's stats and the updated update count.
+    `mixer` (augment.mixing) mixes each normalised batch on the device before the forward."""
     model.train()
     mean, std = mean_std
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -62,11 +65,18 @@ def train_one_epoch(
     fetch_start = start
     for step, batch in enumerate(loader):
         data_wait += time.perf_counter() - fetch_start
-        images = normalize(batch["image"], mean, std).contiguous(memory_format=memory_format)
-        masks = batch["mask"]
+        images = normalize(batch["image"], mean, std)
+        targets = batch["mask"]
+        if mixer is not None:
+            images, targets = mixer(images, targets, model)
+        images = images.contiguous(memory_format=memory_format)
         is_update = (step + 1) % accumulate == 0 or step + 1 == steps
         with fabric.no_backward_sync(model, enabled=not is_update):
-            loss = loss_fn(model(images), masks)
+            logits = model(images)
+            if mixer is None:
+                loss = loss_fn(logits, targets)
+            else:  # MixUp's loss has two terms
+                loss = mixer.loss(loss_fn, logits, targets)
             loss_value = loss.item()
             if not torch.isfinite(torch.tensor(loss_value)):
                 raise TrainingError(
