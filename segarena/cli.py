@@ -23,6 +23,13 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)  # messages stay who
 SetOption = typer.Option(
     [], "--set", help="Override a config value, e.g. --set train.epochs=5 (repeatable)."
 )
+# Inference options shared by evaluate and predict; None keeps the run's config.infer value.
+TtaOption = typer.Option(None, "--tta", help="none, hflip, vflip or d4 (flips x rot90).")
+ScalesOption = typer.Option(None, "--scales", help="Input scales, e.g. 0.75,1.0,1.25.")
+MergeOption = typer.Option(None, "--merge", help="mean (of probabilities), gmean or logits.")
+WindowOption = typer.Option(None, "--window", help="Sliding window H,W (or N) in pixels.")
+OverlapOption = typer.Option(None, "--overlap", help="Sliding-window overlap in [0, 1).")
+SwBatchOption = typer.Option(None, "--sw-batch-size", help="Windows per forward pass.")
 
 
 def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -90,13 +97,21 @@ def evaluate(
     run_dir: Path = typer.Argument(..., help="A run directory written by `segarena train`."),
     split: str = typer.Option("val", "--split", help="val (each fold's own), train or all."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    tta: str = TtaOption,
+    scales: str = ScalesOption,
+    merge: str = MergeOption,
+    window: str = WindowOption,
+    overlap: float = OverlapOption,
+    sw_batch_size: int = SwBatchOption,
 ) -> None:
-    """Recompute a run's metrics from its checkpoints."""
+    """Recompute a run's metrics from its checkpoints (optionally with TTA, scales, windows)."""
     from segarena.evaluate import evaluate as run_evaluate
+    from segarena.infer.options import cli_overrides
 
     if checkpoint not in ("best", "last"):
         raise UserError(f"--checkpoint {checkpoint!r}: expected best or last")
-    result = run_evaluate(run_dir, split, checkpoint)
+    infer = cli_overrides(tta, scales, merge, window, overlap, sw_batch_size)
+    result = run_evaluate(run_dir, split, checkpoint, infer)
     typer.echo(f"{split} mIoU {result['miou']:.4f}")
 
 
@@ -125,6 +140,155 @@ def split(
         label = "train only" if k == -1 else f"fold {k}"
         typer.echo(f"{label}: {counts[k]} images, {len(groups)} groups ({shown})")
     typer.echo(f"folds: {path}")
+
+
+@app.command()
+@friendly_errors
+def predict(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories; all their folds ensemble."),
+    images: Path = typer.Option(..., "--images", help="Folder of the images to predict."),
+    out: Path = typer.Option(..., "--out", help="Submission file (csv, rle) or folder (png)."),
+    tta: str = TtaOption,
+    scales: str = ScalesOption,
+    merge: str = MergeOption,
+    window: str = WindowOption,
+    overlap: float = OverlapOption,
+    sw_batch_size: int = SwBatchOption,
+    fmt: str = typer.Option("csv", "--format", help="csv (image_id,PredictionString), rle, png."),
+    sample: Path = typer.Option(None, "--sample", help="Sample submission: ids and their order."),
+    size: str = typer.Option(None, "--size", help="Mask N or H,W (csv: 256; else image size)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    weights: str = typer.Option(None, "--weights", help="One weight per run dir, e.g. 2,1."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    workers: int = typer.Option(2, "--workers", help="Image-decoding worker processes."),
+) -> None:
+    """Predict a folder of images with an ensemble of runs and write a validated submission."""
+    from segarena.infer.options import cli_overrides, parse_floats, parse_size
+    from segarena.predict import predict as run_predict
+
+    if checkpoint not in ("best", "last"):
+        raise UserError(f"--checkpoint {checkpoint!r}: expected best or last")
+    count = run_predict(
+        run_dirs,
+        images,
+        out,
+        fmt,
+        sample,
+        parse_size(size, "--size"),
+        checkpoint,
+        parse_floats(weights, "--weights"),
+        cli_overrides(tta, scales, merge, window, overlap, sw_batch_size),
+        device,
+        workers,
+    )
+    typer.echo(f"wrote {out} ({count} images, {fmt}, validated)")
+
+
+@app.command("validate-submission")
+@friendly_errors
+def validate_submission(
+    file: Path = typer.Argument(..., help="Submission file (csv, rle) or folder (png)."),
+    sample: Path = typer.Option(..., "--sample", help="The contest's sample submission."),
+    classes: int = typer.Option(None, "--classes", help="Class count (default: ids 0..255)."),
+    size: str = typer.Option("256", "--size", help="Mask N or H,W; 'any' skips the check."),
+    fmt: str = typer.Option("csv", "--format", help="csv, rle or png."),
+) -> None:
+    """Check a submission against the sample: ids, order, row count, mask size, classes."""
+    from segarena.infer.options import parse_size
+    from segarena.submission_check import validate_submission as check
+
+    shape = None if size == "any" else parse_size(size, "--size")
+    count = check(file, sample, classes, shape, fmt)
+    typer.echo(f"{file}: valid ({count} rows)")
+
+
+@app.command()
+@friendly_errors
+def runs(
+    out: Path = typer.Argument(None, help="Runs folder (default: records.out, 'runs')."),
+    as_csv: bool = typer.Option(False, "--csv", help="Write CSV to stdout instead of a table."),
+) -> None:
+    """List the run directories under OUT: settings, CV and OOF mIoU, training time."""
+    from segarena.config import RecordsConfig
+    from segarena.runs import list_runs, print_table, write_csv
+
+    out = out if out is not None else Path(RecordsConfig().out)
+    rows = list_runs(out)
+    if as_csv:
+        write_csv(rows, sys.stdout)
+        return
+    console = Console()
+    if not console.is_terminal:  # piped: no terminal to wrap the wide table for
+        console.width = 200
+    print_table(rows, console, out)
+
+
+@app.command()
+@friendly_errors
+def compare(
+    run_a: Path = typer.Argument(..., help="The baseline run directory."),
+    run_b: Path = typer.Argument(..., help="The run to compare with it."),
+    n_boot: int = typer.Option(2000, "--n-boot", help="Bootstrap resamples of the images."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resampling."),
+) -> None:
+    """Config diff, per-class IoU deltas and a paired bootstrap interval of B - A."""
+    from segarena.compare import compare_runs, print_comparison
+
+    print_comparison(compare_runs(run_a, run_b, n_boot, seed), Console(highlight=False))
+
+
+@app.command()
+@friendly_errors
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `segarena train`."),
+    html: Path = typer.Option(None, "--html", help="Page to write (default RUN_DIR/report.html)."),
+    examples: int = typer.Option(3, "--examples", help="Best and worst images shown, each."),
+) -> None:
+    """Write a self-contained HTML report of a run."""
+    from segarena.report import write_report
+
+    typer.echo(f"report: {write_report(run_dir, html, examples)}")
+
+
+@app.command()
+@friendly_errors
+def eda(
+    config: Path = typer.Argument(..., help="Experiment YAML."),
+    out: Path = typer.Option(None, "--out", help="Runs folder (default: records.out)."),
+    html: Path = typer.Option(None, "--html", help="Page (default OUT/<experiment>/eda.html)."),
+    overrides: list[str] = SetOption,
+) -> None:
+    """Write a self-contained HTML page about the dataset: classes, sizes, groups, folds."""
+    from segarena.config import load_config
+    from segarena.eda import write_eda
+
+    cfg = load_config(config, overrides)
+    out_dir = out if out is not None else Path(cfg.records.out)
+    typer.echo(f"eda: {write_eda(cfg, out_dir, html)}")
+
+
+@app.command()
+@friendly_errors
+def audit(
+    run_dir: Path = typer.Argument(..., help="A run trained with --folds all (OOF written)."),
+    top: int = typer.Option(20, "--top", help="Worst images shown in report.html."),
+    out: Path = typer.Option(None, "--out", help="Output folder (default RUN_DIR/audit)."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override the run's config, e.g. --set data.root=/moved/data."
+    ),
+) -> None:
+    """Rank label issues (confident learning on out-of-fold probabilities)."""
+    from segarena.audit import audit_run
+
+    out = out if out is not None else run_dir / "audit"
+    manifest = audit_run(run_dir, out, top, overrides)
+    images = manifest["images"]
+    typer.echo(
+        f"audited {len(images)} images ({len(manifest['not_audited'])} without out-of-fold "
+        f"probabilities): {manifest['flagged_pixels']} pixels flagged in "
+        f"{manifest['images_with_issues']} images"
+    )
+    typer.echo(f"ranking: {out / 'issues.csv'}\nreport: {out / 'report.html'}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import csv
 import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -53,6 +54,8 @@ class Sample:
     group: str = ""  # group key for grouped folds ("" = the id)
     classes: tuple[int, ...] = ()  # class ids present, ignore_index excluded, sorted
     role: str = "train"
+    # data.cleanse: set on training copies only (segarena.cleanse); load_mask applies it
+    mask_fix: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 def read_samples(data: DataConfig, split: SplitConfig | None = None) -> list[Sample]:
@@ -87,7 +90,13 @@ def load_image(path: Path) -> np.ndarray:
 
 
 def load_mask(sample: Sample) -> np.ndarray:
-    """The HxW uint8 class-id mask: the PNG's indices, or the COCO shapes rasterised."""
+    """The HxW uint8 class-id mask: the PNG's indices, or the COCO shapes rasterised;
+    cleansed by `sample.mask_fix` when it has one (training samples under data.cleanse)."""
+    mask = _given_mask(sample)
+    return mask if sample.mask_fix is None else sample.mask_fix(mask)
+
+
+def _given_mask(sample: Sample) -> np.ndarray:
     if sample.mask_path is not None:
         return _read_mask_array(sample.mask_path).astype(np.uint8)
     try:

@@ -12,6 +12,7 @@ import numpy as np
 import yaml
 from lightning_fabric import Fabric
 
+from segarena.cleanse import cleanse_training
 from segarena.config import Config, config_from_dict, dump_config
 from segarena.data.folds import fold_indices, load_or_create_folds, read_folds
 from segarena.data.readers import Sample, read_samples
@@ -57,12 +58,14 @@ def fold_data(
         n = config.train.debug_samples
         train_idx = sorted(rng.sample(train_idx, min(n, len(train_idx))))
         val_idx = sorted(rng.sample(val_idx, min(max(n // 2, 1), len(val_idx))))
-    if not train_idx or not val_idx:
+    # data.cleanse edits (or drops) training samples only: validation masks stay as given
+    train = cleanse_training([samples[i] for i in train_idx], config.data)
+    if not train or not val_idx:
         raise UserError(
-            f"fold {fold} has {len(train_idx)} training and {len(val_idx)} "
+            f"fold {fold} has {len(train)} training and {len(val_idx)} "
             "validation samples; both must be non-empty"
         )
-    return FoldData([samples[i] for i in train_idx], [samples[i] for i in val_idx])
+    return FoldData(train, [samples[i] for i in val_idx])
 
 
 def start_run(

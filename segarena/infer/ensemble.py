@@ -1,0 +1,194 @@
+"""Ensembles: the fold checkpoints of one or several run directories, averaged.
+
+Members may differ in arch, encoder and data.image_size. Each member prepares the image
+as its own validation did (Resize to its data.image_size, augment.val, its mean/std), runs
+with its own inference options (config.infer, overridden by the CLI), and returns
+probabilities at the size asked for; the ensemble is the weighted mean of those.
+
+Weights are given per run directory (default: equal) and split evenly among that run's
+folds, so a 5-fold run and a 1-fold run count alike unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+import yaml
+from torch import Tensor, nn
+
+from segarena.config import Config, InferConfig, config_from_dict
+from segarena.data.augment import build_transforms
+from segarena.errors import UserError
+from segarena.infer.options import infer_options
+from segarena.infer.sliding import infer_probs
+from segarena.models import build_model
+from segarena.train.checkpoint import load_checkpoint
+from segarena.train.loop import normalize
+
+
+@dataclass
+class Member:
+    """One trained model with everything needed to run it on a raw image."""
+
+    name: str  # "<run_dir>/fold_<k>/<checkpoint>.ckpt"
+    model: nn.Module
+    transform: A.Compose
+    mean_std: tuple[Tensor, Tensor]  # (1,3,1,1) each, on the CPU
+    options: InferConfig
+    weight: float
+    precision: str
+
+
+def load_run_config(run_dir: Path) -> Config:
+    """The resolved config a run directory stores (no data folder needed)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: not a segarena run directory (no config.yaml)")
+    return config_from_dict(yaml.safe_load(path.read_text()), source=str(path))
+
+
+def pick_device(device: str) -> torch.device:
+    """`auto` = the first CUDA GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N") from None
+
+
+def _fold_checkpoints(run_dir: Path, checkpoint: str) -> list[Path]:
+    found = sorted(
+        run_dir.glob(f"fold_*/{checkpoint}.ckpt"), key=lambda p: int(p.parent.name.split("_")[1])
+    )
+    if not found:
+        raise UserError(f"{run_dir}: no fold_*/{checkpoint}.ckpt; train the run first")
+    return found
+
+
+def _load_model(config: Config, path: Path, device: torch.device) -> nn.Module:
+    model = build_model(
+        config.model.model_copy(update={"encoder_weights": None}), config.data.num_classes
+    )
+    try:
+        model.load_state_dict(load_checkpoint(path)["model"])
+    except (KeyError, RuntimeError) as exc:
+        raise UserError(f"{path}: does not fit the run's config.yaml model: {exc}") from None
+    return model.eval().to(device)
+
+
+def load_members(
+    run_dirs: Sequence[Path],
+    checkpoint: str = "best",
+    weights: Sequence[float] | None = None,
+    overrides: dict[str, Any] | None = None,
+    device: torch.device | str = "cpu",
+) -> list[Member]:
+    """Every fold's `checkpoint` of every run directory; UserError if their classes differ."""
+    weights = [1.0] * len(run_dirs) if weights is None else list(weights)
+    if len(weights) != len(run_dirs) or min(weights) < 0 or sum(weights) <= 0:
+        raise UserError(
+            f"--weights {weights}: expected {len(run_dirs)} weights >= 0 (one per run "
+            "directory), not all zero"
+        )
+    device = torch.device(device)
+    members: list[Member] = []
+    first: Config | None = None
+    for run_dir, run_weight in zip(map(Path, run_dirs), weights):
+        config = load_run_config(run_dir)
+        first = first or config
+        if config.data.classes != first.data.classes:
+            raise UserError(
+                f"{run_dir}: classes {config.data.classes} differ from "
+                f"{run_dirs[0]}'s {first.data.classes}; ensemble members must share classes"
+            )
+        checkpoints = _fold_checkpoints(run_dir, checkpoint)
+        transform = build_transforms(config.data, config.augment.val, False, "augment.val")
+        mean = torch.tensor(config.data.mean).view(1, 3, 1, 1)
+        std = torch.tensor(config.data.std).view(1, 3, 1, 1)
+        options = infer_options(config.infer, overrides)
+        for path in checkpoints:
+            members.append(
+                Member(
+                    name=str(path),
+                    model=_load_model(config, path, device),
+                    transform=transform,
+                    mean_std=(mean, std),
+                    options=options,
+                    weight=run_weight / sum(weights) / len(checkpoints),
+                    precision=config.train.precision,
+                )
+            )
+    return members
+
+
+class Ensemble:
+    """The weighted mean of its members' probabilities; `predict` takes one raw image."""
+
+    def __init__(self, members: list[Member], classes: list[str], device: torch.device):
+        self.members = members
+        self.classes = classes
+        self.device = device
+
+    @classmethod
+    def from_runs(
+        cls,
+        run_dirs: Sequence[Path],
+        checkpoint: str = "best",
+        weights: Sequence[float] | None = None,
+        overrides: dict[str, Any] | None = None,
+        device: str = "auto",
+    ) -> Ensemble:
+        """Load the members of `run_dirs` (see `load_members`) on `device`."""
+        target = pick_device(device)
+        members = load_members(run_dirs, checkpoint, weights, overrides, target)
+        return cls(members, load_run_config(Path(run_dirs[0])).data.classes, target)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @torch.inference_mode()
+    def predict(self, image: np.ndarray, out_size: tuple[int, int] | None = None) -> Tensor:
+        """Probabilities [C,*out_size] (float32, on the CPU) of an HxWx3 uint8 RGB image;
+        `out_size` defaults to the image's (H, W)."""
+        out_size = tuple(out_size) if out_size is not None else image.shape[:2]
+        total = None
+        for member in self.members:
+            probs = member_probs(member, image, out_size, self.device).cpu()
+            if total is None:
+                total = probs.mul_(member.weight)
+            else:
+                total.add_(probs, alpha=member.weight)
+        return total
+
+
+def member_probs(
+    member: Member, image: np.ndarray, out_size: tuple[int, int], device: torch.device
+) -> Tensor:
+    """One member's probabilities [C,*out_size] of a raw HxWx3 uint8 image."""
+    prepared = member.transform(image=image)["image"]
+    x = torch.from_numpy(np.ascontiguousarray(prepared.transpose(2, 0, 1)))[None]
+    # with a sliding window the (maybe huge) image stays on the CPU: only windows move
+    if member.options.window is None:
+        x = x.to(device)
+    mean, std = (t.to(x.device) for t in member.mean_std)
+    x = normalize(x, mean, std)
+    with _autocast(member.precision, device):
+        probs = infer_probs(member.model, x, member.options, out_size)[0]
+    return probs.float()
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The run's mixed precision on a GPU, as training validated with; float32 elsewhere."""
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    if dtype is None or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=dtype)
