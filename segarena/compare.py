@@ -26,6 +26,7 @@ from segarena.oof import (
     samples_by_oof_name,
     stored_matrices,
 )
+from segarena.records import flatten
 
 # Settings that do not change what a run learns: a diff in them is not "a change".
 IGNORED = ("experiment", "records")
@@ -37,18 +38,6 @@ class Change:
     key: str  # dotted path, e.g. "optimizer.lr"
     old: Any
     new: Any
-
-
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Dotted paths of a nested dict; lists are one value (loss.terms is one setting), and
-    an empty dict has no paths (kwargs {} -> {a: 1} is the one change kwargs.a)."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[Change]:

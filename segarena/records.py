@@ -108,11 +108,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted paths of a nested dict; lists are one value (loss.terms is one setting), and
+    an empty dict has no paths (kwargs {} -> {a: 1} is the one change kwargs.a)."""
     flat: dict[str, Any] = {}
-    for key, value in data.items():
+    for key, value in config.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -151,7 +153,7 @@ class Tracker:
                 exp_id, run_name=run_dir.name, tags={"run_dir": str(run_dir)}
             )
             self.run_id = run.info.run_id
-            params = _flatten(config.model_dump(mode="json"))
+            params = flatten(config.model_dump(mode="json"))
             # MLflow caps a param value at 6000 characters; long lists are truncated, not lost:
             # the full config is in the run directory.
             self.client.log_batch(

@@ -25,19 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segarena.config import InferConfig
+from segarena.data.tiles import window_starts
 from segarena.infer.tta import tta_probs
 
 SIGMA_SCALE = 1 / 8  # Gaussian sigma as a share of the window size (nnU-Net, MONAI)
-
-
-def window_starts(length: int, window: int, stride: int) -> list[int]:
-    """Window offsets along one axis: every `stride` pixels, the last one flush with the end."""
-    if length <= window:
-        return [0]
-    starts = list(range(0, length - window + 1, stride))
-    if starts[-1] != length - window:
-        starts.append(length - window)
-    return starts
 
 
 def gaussian_weights(
