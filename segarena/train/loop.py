@@ -6,6 +6,7 @@ these two functions stay plain PyTorch that reads top to bottom.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,7 +79,7 @@ def train_one_epoch(
             else:  # MixUp's loss has two terms
                 loss = mixer.loss(loss_fn, logits, targets)
             loss_value = loss.item()
-            if not torch.isfinite(torch.tensor(loss_value)):
+            if not math.isfinite(loss_value):
                 raise TrainingError(
                     f"loss is {loss_value} at epoch {epoch + 1}, step {step + 1}: lower "
                     "optimizer.lr, set train.grad_clip, or use train.precision=32-true"
