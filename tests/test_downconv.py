@@ -20,13 +20,7 @@ CLASSES = 3
 TINY = {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP spin-waits double the time."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def r18(downconv: int, arch: str = "Unet", seed: int = 0, **cfg) -> torch.nn.Module:

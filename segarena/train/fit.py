@@ -270,14 +270,15 @@ def finish_fold(config, fabric, model, vloader, val_samples, fold_dir, fold, nor
         norm,
         on_probs=writer,
     ).matrix
+    final = scores(matrix)
     history = read_jsonl(fold_dir / "metrics.jsonl")
     result = {
         "fold": fold,
         "best_epoch": best["epoch"],
         "epochs": len(history),
-        "miou": scores(matrix)["miou"],
-        "scores": scores(matrix),
-        "confusion": matrix.tolist() if hasattr(matrix, "tolist") else matrix,
+        "miou": final["miou"],
+        "scores": final,
+        "confusion": matrix.tolist(),
         "train_images_per_s": float(np.mean([r["images_per_s"] for r in history])),
         "data_wait_share": float(np.mean([r["data_wait_share"] for r in history])),
         "train_loss": [r["train_loss"] for r in history],
