@@ -88,31 +88,11 @@ def _print_summary(run_dir: Path) -> None:
         f"mIoU {summary['miou']:.4f} (folds {folds}; mean {summary['miou_mean']:.4f} "
         f"± {summary['miou_std']:.4f})"
     )
+    if "pseudo_gain" in summary:  # data.pseudo: did the pseudo-labels help?
+        from segarena.pseudo import gain_line
+
+        typer.echo(gain_line(summary))
     typer.echo(f"run directory: {run_dir}")
-
-
-@app.command()
-@friendly_errors
-def evaluate(
-    run_dir: Path = typer.Argument(..., help="A run directory written by `segarena train`."),
-    split: str = typer.Option("val", "--split", help="val (each fold's own), train or all."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
-    tta: str = TtaOption,
-    scales: str = ScalesOption,
-    merge: str = MergeOption,
-    window: str = WindowOption,
-    overlap: float = OverlapOption,
-    sw_batch_size: int = SwBatchOption,
-) -> None:
-    """Recompute a run's metrics from its checkpoints (optionally with TTA, scales, windows)."""
-    from segarena.evaluate import evaluate as run_evaluate
-    from segarena.infer.options import cli_overrides
-
-    if checkpoint not in ("best", "last"):
-        raise UserError(f"--checkpoint {checkpoint!r}: expected best or last")
-    infer = cli_overrides(tta, scales, merge, window, overlap, sw_batch_size)
-    result = run_evaluate(run_dir, split, checkpoint, infer)
-    typer.echo(f"{split} mIoU {result['miou']:.4f}")
 
 
 @app.command()
@@ -140,66 +120,6 @@ def split(
         label = "train only" if k == -1 else f"fold {k}"
         typer.echo(f"{label}: {counts[k]} images, {len(groups)} groups ({shown})")
     typer.echo(f"folds: {path}")
-
-
-@app.command()
-@friendly_errors
-def predict(
-    run_dirs: list[Path] = typer.Argument(..., help="Run directories; all their folds ensemble."),
-    images: Path = typer.Option(..., "--images", help="Folder of the images to predict."),
-    out: Path = typer.Option(..., "--out", help="Submission file (csv, rle) or folder (png)."),
-    tta: str = TtaOption,
-    scales: str = ScalesOption,
-    merge: str = MergeOption,
-    window: str = WindowOption,
-    overlap: float = OverlapOption,
-    sw_batch_size: int = SwBatchOption,
-    fmt: str = typer.Option("csv", "--format", help="csv (image_id,PredictionString), rle, png."),
-    sample: Path = typer.Option(None, "--sample", help="Sample submission: ids and their order."),
-    size: str = typer.Option(None, "--size", help="Mask N or H,W (csv: 256; else image size)."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
-    weights: str = typer.Option(None, "--weights", help="One weight per run dir, e.g. 2,1."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    workers: int = typer.Option(2, "--workers", help="Image-decoding worker processes."),
-) -> None:
-    """Predict a folder of images with an ensemble of runs and write a validated submission."""
-    from segarena.infer.options import cli_overrides, parse_floats, parse_size
-    from segarena.predict import predict as run_predict
-
-    if checkpoint not in ("best", "last"):
-        raise UserError(f"--checkpoint {checkpoint!r}: expected best or last")
-    count = run_predict(
-        run_dirs,
-        images,
-        out,
-        fmt,
-        sample,
-        parse_size(size, "--size"),
-        checkpoint,
-        parse_floats(weights, "--weights"),
-        cli_overrides(tta, scales, merge, window, overlap, sw_batch_size),
-        device,
-        workers,
-    )
-    typer.echo(f"wrote {out} ({count} images, {fmt}, validated)")
-
-
-@app.command("validate-submission")
-@friendly_errors
-def validate_submission(
-    file: Path = typer.Argument(..., help="Submission file (csv, rle) or folder (png)."),
-    sample: Path = typer.Option(..., "--sample", help="The contest's sample submission."),
-    classes: int = typer.Option(None, "--classes", help="Class count (default: ids 0..255)."),
-    size: str = typer.Option("256", "--size", help="Mask N or H,W; 'any' skips the check."),
-    fmt: str = typer.Option("csv", "--format", help="csv, rle or png."),
-) -> None:
-    """Check a submission against the sample: ids, order, row count, mask size, classes."""
-    from segarena.infer.options import parse_size
-    from segarena.submission_check import validate_submission as check
-
-    shape = None if size == "any" else parse_size(size, "--size")
-    count = check(file, sample, classes, shape, fmt)
-    typer.echo(f"{file}: valid ({count} rows)")
 
 
 @app.command()
@@ -290,6 +210,53 @@ def audit(
     )
     typer.echo(f"ranking: {out / 'issues.csv'}\nreport: {out / 'report.html'}")
 
+
+@app.command()
+@friendly_errors
+def pseudo(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories; all their folds ensemble."),
+    images: Path = typer.Option(..., "--images", help="Folder of unlabelled images."),
+    out: Path = typer.Option(..., "--out", help="New folder: masks/, pairs.txt, pseudo.json."),
+    threshold: float = typer.Option(
+        0.9, "--threshold", help="Keep a pixel's argmax where its probability reaches this."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier pseudo folder."),
+    tta: str = TtaOption,
+    scales: str = ScalesOption,
+    merge: str = MergeOption,
+    window: str = WindowOption,
+    overlap: float = OverlapOption,
+    sw_batch_size: int = SwBatchOption,
+    checkpoint: str = typer.Option("best", "--checkpoint", help="Which checkpoint, as predict."),
+    weights: str = typer.Option(None, "--weights", help="One weight per run dir, e.g. 2,1."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    workers: int = typer.Option(2, "--workers", help="Image-decoding worker processes."),
+) -> None:
+    """Pseudo-label a folder of images (confident pixels only) for data.pseudo."""
+    from segarena.infer.options import cli_overrides, parse_floats
+    from segarena.pseudo import write_pseudo_labels
+
+    manifest = write_pseudo_labels(
+        run_dirs,
+        images,
+        out,
+        threshold,
+        checkpoint,
+        parse_floats(weights, "--weights"),
+        cli_overrides(tta, scales, merge, window, overlap, sw_batch_size),
+        device,
+        workers,
+        force,
+    )
+    typer.echo(
+        f"wrote {out}: {manifest['image_count']} images, {manifest['kept_share']:.1%} of "
+        f"pixels kept at threshold {threshold}; train on them with --set data.pseudo={out}"
+    )
+
+
+# evaluate, predict, validate-submission and tune-weights live in cli_infer; importing it
+# registers them on `app`
+from segarena import cli_infer  # noqa: E402, F401
 
 if __name__ == "__main__":
     app()

@@ -1,89 +1,149 @@
-"""Recompute a run's metrics from its checkpoints on a split of its own folds."""
+"""`segarena evaluate`: score any inference choice before it is used on the test set.
+
+Scoring runs through predict's own code (`Ensemble.predict`: each member's resize and
+normalisation, TTA, sliding window, probabilities resized to the mask before the argmax),
+so the number measured here is the number of the submission predict would write.
+
+Two ways to score:
+- on the runs' own folds (default): fold k's images are scored by the fold-k checkpoints
+  of every run given. With several runs (which must share folds.csv) that is the honest
+  out-of-fold score of their ensemble: no model sees an image it trained on.
+- on a labelled folder (`images` + `masks`): every fold of every run, as predict would
+  use them on the test set.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
-from segarena.config import InferConfig
-from segarena.data.augment import build_transforms
-from segarena.data.dataset import SegDataset, val_loader
+from segarena.config import InferConfig, Source, SplitConfig
 from segarena.data.folds import fold_indices
+from segarena.data.readers import Sample, load_image, load_mask, read_samples
 from segarena.errors import UserError
-from segarena.infer.options import infer_options
-from segarena.infer.sliding import InferenceModel
-from segarena.metrics import scores
-from segarena.models import build_model
+from segarena.infer.ensemble import Ensemble
+from segarena.infer.weights import check_same_folds
+from segarena.metrics import ConfusionMatrix, scores
 from segarena.records import write_json_atomic
-from segarena.train.checkpoint import load_checkpoint
-from segarena.train.fit import mean_std
-from segarena.train.loop import validate
-from segarena.train.run import make_fabric, resume_run
+from segarena.train.run import resume_run
 
 SPLITS = ("val", "train", "all")
 
 
-def evaluate(
-    run_dir: Path, split: str = "val", checkpoint: str = "best", infer: dict | None = None
-) -> dict[str, Any]:
-    """Score every fold's `checkpoint` on `split` (val: the fold's own validation images).
+class LabelledImages(Dataset):
+    """(raw HxWx3 uint8 image, mask) of each sample, decoded in loader workers."""
 
-    `infer` overrides the run's config.infer (tta, scales, merge, window, overlap,
-    sw_batch_size) so that each inference choice can be scored before it is used.
-    Writes run_dir/eval_<split>.json (eval_<split>_<options>.json when TTA, scales or a
-    window are used) and returns it: per fold and pooled scores.
+    def __init__(self, samples: list[Sample]):
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        sample = self.samples[index]
+        return load_image(sample.image_path), load_mask(sample)
+
+
+def _as_is(item: Any) -> Any:
+    """Keep numpy arrays as they are (the default collate would make tensors of them)."""
+    return item
+
+
+def score_samples(
+    ensemble: Ensemble, samples: list[Sample], ignore_index: int, workers: int = 0
+) -> np.ndarray:
+    """The confusion matrix [C,C] (int64) of `ensemble` on `samples`, at mask resolution."""
+    matrix = ConfusionMatrix(ensemble.num_classes, ignore_index)
+    loader = DataLoader(
+        LabelledImages(samples), batch_size=None, num_workers=workers, collate_fn=_as_is
+    )
+    for image, mask in loader:
+        probs = ensemble.predict(image, mask.shape[:2])
+        matrix.update(probs.argmax(0)[None], torch.from_numpy(mask.astype(np.int64))[None])
+    return np.asarray(matrix.matrix, dtype=np.int64)
+
+
+def labelled_folder(config, images: Path, masks: Path, mask_suffix: str = "") -> list[Sample]:
+    """Samples of an image folder + mask folder (matched by stem), checked like training's."""
+    source = Source(images=str(Path(images).resolve()), masks=str(Path(masks).resolve()),
+                    mask_suffix=mask_suffix)  # fmt: skip
+    data = config.data.model_copy(update={"root": "/", "sources": [source], "cleanse": None})
+    return read_samples(data, SplitConfig())
+
+
+def evaluate(
+    run_dirs: Sequence[Path] | Path,
+    split: str = "val",
+    checkpoint: str = "best",
+    infer: dict | None = None,
+    weights: Sequence[float] | None = None,
+    fold: int | None = None,
+    images: Path | None = None,
+    masks: Path | None = None,
+    device: str = "auto",
+    workers: int = 0,
+) -> dict[str, Any]:
+    """Score the ensemble of `run_dirs` (one run: its folds) and write a json of the result.
+
+    `infer` overrides the runs' config.infer (tta, scales, merge, window, overlap,
+    sw_batch_size); `weights` are per run (see `load_members`); `fold` keeps that fold's
+    checkpoints only. Without `images`, each fold's `split` images are scored (see the
+    module docstring); with `images` and `masks`, that labelled folder is. The result
+    (pooled and per-fold scores, members, options) goes to the first run directory as
+    eval_<split or folder name><options>.json and is returned.
     """
+    run_dirs = [Path(r) for r in ([run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs)]
     if split not in SPLITS:
         raise UserError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
-    config, run_info, samples, folds = resume_run(run_dir)
-    options = infer_options(config.infer, infer)
-    fold_dirs = sorted(run_dir.glob("fold_*/"), key=lambda p: int(p.name.split("_")[1]))
-    fold_dirs = [d for d in fold_dirs if (d / f"{checkpoint}.ckpt").is_file()]
-    if not fold_dirs:
-        raise UserError(f"{run_dir}: no fold_*/{checkpoint}.ckpt to evaluate; train first")
-    fabric = make_fabric(config)
-    norm = mean_std(config, fabric.device)
-    transform = build_transforms(config.data, config.augment.val, False, "augment.val")
-    per_fold, matrices = [], []
-    for fold_dir in fold_dirs:
-        fold = int(fold_dir.name.split("_")[1])
-        train_idx, val_idx = fold_indices(folds, fold)
-        chosen = {"val": val_idx, "train": train_idx, "all": range(len(samples))}[split]
-        dataset = SegDataset([samples[i] for i in chosen], transform, full_mask=True)
-        loader = val_loader(dataset, config.train.batch_size, config.data.num_workers)
-        model = build_model(
-            config.model.model_copy(update={"encoder_weights": None}), config.data.num_classes
-        )
-        model.load_state_dict(load_checkpoint(fold_dir / f"{checkpoint}.ckpt")["model"])
-        model = fabric.setup_module(model)
-        if not options.is_plain:  # the plain model keeps training-time validation exact
-            model = InferenceModel(model, options)
-        with torch.inference_mode():
-            matrix = validate(
-                fabric, model, loader, config.data.num_classes, config.data.ignore_index, norm
-            ).matrix
-        matrices.append(np.asarray(matrix))
-        fold_scores = scores(matrix)
-        per_fold.append({"fold": fold, "images": len(dataset), **fold_scores})
-        fabric.print(
-            f"fold {fold}: {split} mIoU {fold_scores['miou']:.4f} "
-            f"pixel acc {fold_scores['pixel_acc']:.4f} ({len(dataset)} images)"
-        )
+    if (images is None) != (masks is None):
+        raise UserError("--images and --masks go together: a labelled folder needs both")
+    config, run_info, samples, folds = resume_run(run_dirs[0])
+    overrides = infer or {}
+    chosen = None if fold is None else [fold]
+    if images is not None:
+        targets = labelled_folder(config, images, masks)
+        ensemble = Ensemble.from_runs(run_dirs, checkpoint, weights, overrides, device, chosen)
+        matrix = score_samples(ensemble, targets, config.data.ignore_index, workers)
+        per_fold = [{"fold": "all" if fold is None else fold, "images": len(targets),
+                     **scores(matrix)}]  # fmt: skip
+        matrices, label, options = [matrix], Path(images).name, ensemble.members[0].options
+        members = [m.name for m in ensemble.members]
+    else:
+        check_same_folds(run_dirs)
+        fold_ids = sorted(run_info["folds"]) if fold is None else [fold]
+        per_fold, matrices, members = [], [], []
+        for k in fold_ids:
+            train_idx, val_idx = fold_indices(folds, k)
+            picked = {"val": val_idx, "train": train_idx, "all": range(len(samples))}[split]
+            ensemble = Ensemble.from_runs(run_dirs, checkpoint, weights, overrides, device, [k])
+            matrix = score_samples(
+                ensemble, [samples[i] for i in picked], config.data.ignore_index, workers
+            )
+            matrices.append(matrix)
+            per_fold.append({"fold": k, "images": len(picked), **scores(matrix)})
+            members += [m.name for m in ensemble.members]
+            print(f"fold {k}: {split} mIoU {per_fold[-1]['miou']:.4f} ({len(picked)} images)")
+        label, options = split, ensemble.members[0].options
     pooled = scores(np.sum(matrices, axis=0))
     result = {
-        "split": split,
+        "split": label,
         "checkpoint": checkpoint,
+        "runs": [str(r) for r in run_dirs],
+        "weights": None if weights is None else list(weights),
+        "members": members,
         "miou": pooled["miou"],
         "per_class_iou": dict(zip(config.data.classes, pooled["per_class_iou"])),
         "pixel_acc": pooled["pixel_acc"],
         "folds": per_fold,
         "infer": options.model_dump(mode="json"),
     }
-    write_json_atomic(run_dir / f"eval_{split}{options_tag(options)}.json", result)
-    fabric.print(f"pooled {split} mIoU {pooled['miou']:.4f}")
+    tag = options_tag(options) + _members_tag(checkpoint, fold, len(run_dirs), weights)
+    write_json_atomic(run_dirs[0] / f"eval_{label}{tag}.json", result)
     return result
 
 
@@ -94,3 +154,10 @@ def options_tag(options: InferConfig) -> str:
     scales = "-".join(f"{s:g}" for s in options.scales)
     window = f"_w{options.window[0]}x{options.window[1]}" if options.window else ""
     return f"_{options.tta}_s{scales}_{options.merge}{window}"
+
+
+def _members_tag(checkpoint: str, fold: int | None, runs: int, weights) -> str:
+    tag = "" if checkpoint == "best" else f"_{checkpoint}"
+    tag += "" if fold is None else f"_fold{fold}"
+    tag += "" if runs == 1 else f"_ens{runs}"
+    return tag + ("" if weights is None else "_w" + "-".join(f"{w:g}" for w in weights))

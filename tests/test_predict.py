@@ -126,3 +126,49 @@ def test_evaluate_scores_inference_options(runs):
     assert code == 0, output
     tta = json.loads((run_dir / "eval_val_d4_s0.75-1_gmean.json").read_text())
     assert tta["infer"]["tta"] == "d4" and 0.0 <= tta["miou"] <= 1.0
+
+
+def test_evaluate_reproduces_the_training_score(runs):
+    """evaluate runs predict's code; it must give the number training validation gave."""
+    run_dir = runs["a"]
+    trained = json.loads((run_dir / "fold_0" / "result.json").read_text())["miou"]
+    code, output = cli("evaluate", run_dir, "--workers", "0", "--device", "cpu")
+    assert code == 0, output
+    assert json.loads((run_dir / "eval_val.json").read_text())["miou"] == pytest.approx(
+        trained, abs=2e-3
+    )
+
+
+def test_evaluate_on_a_labelled_folder_equals_the_same_images_by_split(runs):
+    run_dir, data = runs["a"], runs["root"] / "data"
+    code, output = cli("evaluate", run_dir, "--split", "all", "--workers", "0")
+    assert code == 0, output
+    by_split = json.loads((run_dir / "eval_all.json").read_text())
+    code, output = cli(
+        "evaluate", run_dir, "--images", data / "images", "--masks", data / "masks", "--workers", "0"
+    )
+    assert code == 0, output
+    by_folder = json.loads((run_dir / "eval_images.json").read_text())
+    assert by_folder["folds"][0]["images"] == 8
+    assert by_folder["miou"] == pytest.approx(by_split["miou"], abs=1e-12)
+    code, output = cli("evaluate", run_dir, "--images", data / "images", "--workers", "0")
+    assert code == 2 and "--masks" in output
+
+
+def test_evaluate_an_ensemble_of_runs_out_of_fold(runs):
+    """Runs of the same folds ensemble per fold; a zero weight leaves the other run alone."""
+    a, b = runs["a"], runs["b"]
+    code, output = cli("evaluate", a, "--workers", "0")
+    assert code == 0, output
+    alone = json.loads((a / "eval_val.json").read_text())
+    code, output = cli("evaluate", a, b, "--weights", "1,0", "--workers", "0")
+    assert code == 0, output
+    weighted = json.loads((a / "eval_val_ens2_w1-0.json").read_text())
+    assert len(weighted["members"]) == 2
+    assert weighted["miou"] == pytest.approx(alone["miou"], abs=1e-12)
+    code, output = cli("evaluate", a, b, "--workers", "0")
+    assert code == 0, output
+    mean = json.loads((a / "eval_val_ens2.json").read_text())
+    assert mean["miou"] != pytest.approx(alone["miou"], abs=1e-9)  # b does change the result
+    code, output = cli("evaluate", a, "--checkpoint", "newest")
+    assert code == 2 and "--checkpoint 'newest'" in output

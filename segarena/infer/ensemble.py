@@ -64,9 +64,10 @@ def pick_device(device: str) -> torch.device:
         raise UserError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N") from None
 
 
-def _fold_checkpoints(run_dir: Path, checkpoint: str) -> list[Path]:
+def _fold_checkpoints(run_dir: Path, checkpoint: str) -> list[tuple[int, Path]]:
+    """(fold, path) of every fold's `checkpoint` in a run directory."""
     found = sorted(
-        run_dir.glob(f"fold_*/{checkpoint}.ckpt"), key=lambda p: int(p.parent.name.split("_")[1])
+        (int(p.parent.name.split("_")[1]), p) for p in run_dir.glob(f"fold_*/{checkpoint}.ckpt")
     )
     if not found:
         raise UserError(f"{run_dir}: no fold_*/{checkpoint}.ckpt; train the run first")
@@ -90,8 +91,10 @@ def load_members(
     weights: Sequence[float] | None = None,
     overrides: dict[str, Any] | None = None,
     device: torch.device | str = "cpu",
+    folds: Sequence[int] | None = None,
 ) -> list[Member]:
-    """Every fold's `checkpoint` of every run directory; UserError if their classes differ."""
+    """Every fold's `checkpoint` of every run directory (only `folds`, when given);
+    UserError if their classes differ or a run has none of `folds`."""
     weights = [1.0] * len(run_dirs) if weights is None else list(weights)
     if len(weights) != len(run_dirs) or min(weights) < 0 or sum(weights) <= 0:
         raise UserError(
@@ -109,7 +112,13 @@ def load_members(
                 f"{run_dir}: classes {config.data.classes} differ from "
                 f"{run_dirs[0]}'s {first.data.classes}; ensemble members must share classes"
             )
-        checkpoints = _fold_checkpoints(run_dir, checkpoint)
+        checkpoints = [
+            path
+            for fold, path in _fold_checkpoints(run_dir, checkpoint)
+            if folds is None or fold in folds
+        ]
+        if not checkpoints:
+            raise UserError(f"{run_dir}: no {checkpoint} checkpoint of fold(s) {list(folds)}")
         transform = build_transforms(config.data, config.augment.val, False, "augment.val")
         mean = torch.tensor(config.data.mean).view(1, 3, 1, 1)
         std = torch.tensor(config.data.std).view(1, 3, 1, 1)
@@ -145,10 +154,11 @@ class Ensemble:
         weights: Sequence[float] | None = None,
         overrides: dict[str, Any] | None = None,
         device: str = "auto",
+        folds: Sequence[int] | None = None,
     ) -> Ensemble:
         """Load the members of `run_dirs` (see `load_members`) on `device`."""
         target = pick_device(device)
-        members = load_members(run_dirs, checkpoint, weights, overrides, target)
+        members = load_members(run_dirs, checkpoint, weights, overrides, target, folds)
         return cls(members, load_run_config(Path(run_dirs[0])).data.classes, target)
 
     @property

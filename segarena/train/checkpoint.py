@@ -14,6 +14,8 @@ import torch
 
 from segarena.errors import UserError
 
+CHECKPOINT_KINDS = ("best", "last")  # the checkpoints predict and evaluate can load
+
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
     """torch.save to a temporary file in the same folder, then rename over `path`.

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from lightning_fabric import Fabric
-from torch import nn
+from torch import Tensor, nn
 
 from segarena.data.mixing import BatchMixer
 from segarena.errors import TrainingError
@@ -54,9 +55,11 @@ def train_one_epoch(
     channels_last: bool = False,
     on_step: Callable[[int, float, float, float], None] | None = None,
     mixer: BatchMixer | None = None,
+    on_update: Callable[[], None] | None = None,
 ) -> tuple[EpochStats, int]:
     """Train over `loader` once; returns the epoch's stats and the updated update count.
-    `mixer` (augment.mixing) mixes each normalised batch on the device before the forward."""
+    `mixer` (augment.mixing) mixes each normalised batch on the device before the forward;
+    `on_update()` runs after every optimizer update (train.ema averages the weights there)."""
     model.train()
     mean, std = mean_std
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -92,6 +95,8 @@ def train_one_epoch(
             optimizer.zero_grad(set_to_none=True)
             num_updates += 1
             scheduler.step_update(num_updates)
+            if on_update is not None:
+                on_update()
         total_loss += loss_value * len(images)
         images_seen += len(images)
         lr = optimizer.param_groups[0]["lr"]
@@ -107,6 +112,19 @@ def train_one_epoch(
         data_wait=data_wait,
     )
     return stats, num_updates
+
+
+def mask_probs(model: nn.Module, images: Tensor, mask_size: tuple[int, int]) -> Tensor:
+    """Float32 softmax probabilities [N,C,*mask_size] of normalised `images`.
+
+    Probabilities, not logits, are resized to the mask: the one rule that validation,
+    `evaluate` and `predict` (and the contests' "resize, then argmax") all follow, so a
+    score measured here is the score of the submission that predict would write.
+    """
+    probs = predict_logits(model, images).float().softmax(1)
+    if tuple(probs.shape[-2:]) != tuple(mask_size):
+        probs = F.interpolate(probs, size=tuple(mask_size), mode="bilinear", align_corners=False)
+    return probs
 
 
 @torch.no_grad()
@@ -139,12 +157,12 @@ def validate(
         )
         for group_images, group_masks, group_indices in groups:
             group_images = normalize(fabric.to_device(group_images), mean, std)
-            logits = predict_logits(model, group_images, out_size=tuple(group_masks[0].shape))
+            probs = mask_probs(model, group_images, tuple(group_masks[0].shape))
             target = fabric.to_device(torch.stack(group_masks))
-            matrix.update(logits.argmax(1), target)
+            matrix.update(probs.argmax(1), target)
             if on_probs is not None:
-                for index, probs in zip(group_indices, logits.float().softmax(1)):
-                    on_probs([index], probs[None])
+                for index, image_probs in zip(group_indices, probs):
+                    on_probs([index], image_probs[None])
     if fabric.world_size > 1:
         total = fabric.all_reduce(matrix.matrix.to(fabric.device), reduce_op="sum")
         matrix.reset()

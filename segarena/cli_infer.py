@@ -1,0 +1,148 @@
+"""Inference commands of the `segarena` CLI: evaluate, predict, validate-submission and
+tune-weights (registered on `segarena.cli.app`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from segarena.cli import (
+    MergeOption,
+    OverlapOption,
+    ScalesOption,
+    SwBatchOption,
+    TtaOption,
+    WindowOption,
+    app,
+    friendly_errors,
+)
+from segarena.errors import UserError
+
+CheckpointOption = typer.Option(
+    "best", "--checkpoint", help="best, last, ema, swa, or top (every kept top-k epoch)."
+)
+WeightsOption = typer.Option(None, "--weights", help="One weight per run dir, e.g. 0.7,0.3.")
+DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+
+
+def _check_kind(checkpoint: str) -> None:
+    from segarena.train.checkpoint import CHECKPOINT_KINDS
+
+    if checkpoint not in CHECKPOINT_KINDS:
+        raise UserError(f"--checkpoint {checkpoint!r}: expected one of {', '.join(CHECKPOINT_KINDS)}")
+
+
+@app.command()
+@friendly_errors
+def evaluate(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories (several: an ensemble)."),
+    split: str = typer.Option("val", "--split", help="val (each fold's own), train or all."),
+    checkpoint: str = CheckpointOption,
+    weights: str = WeightsOption,
+    fold: int = typer.Option(None, "--fold", help="Only this fold's checkpoints."),
+    images: Path = typer.Option(None, "--images", help="Score a labelled folder instead..."),
+    masks: Path = typer.Option(None, "--masks", help="...with its masks (matched by stem)."),
+    tta: str = TtaOption,
+    scales: str = ScalesOption,
+    merge: str = MergeOption,
+    window: str = WindowOption,
+    overlap: float = OverlapOption,
+    sw_batch_size: int = SwBatchOption,
+    device: str = DeviceOption,
+    workers: int = typer.Option(2, "--workers", help="Image-decoding worker processes."),
+) -> None:
+    """Score runs (or their ensemble) with any inference options, as predict would run them."""
+    from segarena.evaluate import evaluate as run_evaluate
+    from segarena.infer.options import cli_overrides, parse_floats
+
+    _check_kind(checkpoint)
+    infer = cli_overrides(tta, scales, merge, window, overlap, sw_batch_size)
+    result = run_evaluate(
+        run_dirs, split, checkpoint, infer, parse_floats(weights, "--weights"), fold,
+        images, masks, device, workers,
+    )  # fmt: skip
+    per_fold = ", ".join(f"{f['fold']}: {f['miou']:.4f}" for f in result["folds"])
+    typer.echo(f"{result['split']} mIoU {result['miou']:.4f} (folds {per_fold})")
+
+
+@app.command()
+@friendly_errors
+def predict(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories; all their folds ensemble."),
+    images: Path = typer.Option(..., "--images", help="Folder of the images to predict."),
+    out: Path = typer.Option(..., "--out", help="Submission file (csv, rle) or folder (png)."),
+    tta: str = TtaOption,
+    scales: str = ScalesOption,
+    merge: str = MergeOption,
+    window: str = WindowOption,
+    overlap: float = OverlapOption,
+    sw_batch_size: int = SwBatchOption,
+    fmt: str = typer.Option("csv", "--format", help="csv (image_id,PredictionString), rle, png."),
+    sample: Path = typer.Option(None, "--sample", help="Sample submission: ids and their order."),
+    size: str = typer.Option(None, "--size", help="Mask N or H,W (csv: 256; else image size)."),
+    checkpoint: str = CheckpointOption,
+    weights: str = WeightsOption,
+    device: str = DeviceOption,
+    workers: int = typer.Option(2, "--workers", help="Image-decoding worker processes."),
+) -> None:
+    """Predict a folder of images with an ensemble of runs and write a validated submission."""
+    from segarena.infer.options import cli_overrides, parse_floats, parse_size
+    from segarena.predict import predict as run_predict
+
+    _check_kind(checkpoint)
+    count = run_predict(
+        run_dirs,
+        images,
+        out,
+        fmt,
+        sample,
+        parse_size(size, "--size"),
+        checkpoint,
+        parse_floats(weights, "--weights"),
+        cli_overrides(tta, scales, merge, window, overlap, sw_batch_size),
+        device,
+        workers,
+    )
+    typer.echo(f"wrote {out} ({count} images, {fmt}, validated)")
+
+
+@app.command("validate-submission")
+@friendly_errors
+def validate_submission(
+    file: Path = typer.Argument(..., help="Submission file (csv, rle) or folder (png)."),
+    sample: Path = typer.Option(..., "--sample", help="The contest's sample submission."),
+    classes: int = typer.Option(None, "--classes", help="Class count (default: ids 0..255)."),
+    size: str = typer.Option("256", "--size", help="Mask N or H,W; 'any' skips the check."),
+    fmt: str = typer.Option("csv", "--format", help="csv, rle or png."),
+) -> None:
+    """Check a submission against the sample: ids, order, row count, mask size, classes."""
+    from segarena.infer.options import parse_size
+    from segarena.submission_check import validate_submission as check
+
+    shape = None if size == "any" else parse_size(size, "--size")
+    count = check(file, sample, classes, shape, fmt)
+    typer.echo(f"{file}: valid ({count} rows)")
+
+
+@app.command("tune-weights")
+@friendly_errors
+def tune_weights(
+    run_dirs: list[Path] = typer.Argument(..., help="Runs of one experiment, --folds all each."),
+    steps: int = typer.Option(10, "--steps", help="Weights move in steps of 1/steps."),
+    out: Path = typer.Option(None, "--out", help="Write the result as json here."),
+) -> None:
+    """Ensemble weights that maximise out-of-fold mIoU, against the plain mean."""
+    from segarena.infer.weights import tune_weights as run_tune
+    from segarena.records import write_json_atomic
+
+    result = run_tune(run_dirs, steps)
+    each = ", ".join(f"{m:.4f}" for m in result["miou_each"])
+    typer.echo(f"OOF mIoU over {result['images']} images: each run {each}")
+    typer.echo(f"plain mean {result['miou_mean']:.4f}")
+    typer.echo(f"tuned      {result['miou_tuned']:.4f} (in-sample: tuned on these images)")
+    typer.echo(f"cross-fit  {result['miou_crossfit']:.4f} (tuned on the other folds)")
+    typer.echo("--weights " + ",".join(f"{w:g}" for w in result["weights"]))
+    if out is not None:
+        write_json_atomic(out, result)
+        typer.echo(f"wrote {out}")
