@@ -7,6 +7,13 @@ Each implementation runs in its own subprocess so that its peak resident memory
 (getrusage maxrss; plus torch.cuda.max_memory_allocated on a GPU) is its own. The two
 outputs are compared on a grid of pixels to show they compute the same thing.
 
+segarena gets the image as predict holds it, uint8 pixels, MONAI the same pixels as
+float32 (its output buffers take the input's dtype, so uint8 fails); both normalise each
+batch of windows (segarena through `prepare`, MONAI inside its predictor).
+Peak memory is the process's: about 1 GB is torch and the model before any pixel is read (printed as "base"); then the
+activations of one forward pass (sw_batch x TTA views windows; ~120 MB per 512x512 window
+of this Unet on the CPU, hence --sw-batch 2 by default), and segarena's output buffer.
+
 The outputs differ slightly, most near the image border: MONAI clamps its Gaussian map
 at the map's smallest non-zero value (about 1e-3 of the peak, from its truncated
 filter), so window corners weigh more than a Gaussian's; where two windows' corners meet
@@ -43,6 +50,11 @@ CLASSES = 4
 GRID = 16  # outputs are compared on every GRID-th pixel (a full 4000x4000 map is 256 MB)
 
 
+def normalize(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 windows -> float, roughly centred (what predict's per-member normalisation does)."""
+    return pixels.float().div_(127.5).sub_(1.0)
+
+
 def make_model(device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
     config = ModelConfig(arch="Unet", encoder="resnet18")
@@ -56,6 +68,7 @@ def monai_probs(model, image, args, device) -> torch.Tensor:
     names = view_names(args.tta)
 
     def predictor(windows: torch.Tensor) -> torch.Tensor:
+        windows = normalize(windows)
         views = torch.cat([apply_view(windows, name) for name in names])
         logits = model(views).float()
         chunks = logits.split(len(windows))
@@ -80,13 +93,18 @@ def run_one(args) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model = make_model(device)
-    image = torch.randn(3, args.size, args.size, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(1)
+    image = torch.randint(0, 256, (3, args.size, args.size), generator=gen, dtype=torch.uint8)
+    if args.impl == "monai":  # its output buffers take the input's dtype: uint8 fails
+        image = image.float()
     window = (args.window, args.window)
 
     def infer(img: torch.Tensor) -> torch.Tensor:
         if args.impl == "monai":
             return monai_probs(model, img, args, device)
-        return sliding_probs(model, img, window, args.overlap, args.sw_batch, args.tta)
+        return sliding_probs(
+            model, img, window, args.overlap, args.sw_batch, args.tta, prepare=normalize
+        )
 
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # model + image
     with torch.inference_mode():
@@ -128,7 +146,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=4000, help="square image side, pixels")
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--overlap", type=float, default=0.5)
-    parser.add_argument("--sw-batch", type=int, default=4)
+    parser.add_argument("--sw-batch", type=int, default=2, help="windows per forward pass")
     parser.add_argument("--tta", default="hflip", help="none, hflip, vflip or d4")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=1, help="timed predictions per run")
@@ -151,7 +169,8 @@ def main() -> None:
         cuda = f", peak CUDA {r['peak_cuda_mb']:.0f} MB" if r["peak_cuda_mb"] is not None else ""
         print(
             f"{impl:9s} {r['images_per_s']:.4f} images/s, peak RSS {r['peak_rss_mb']:.0f} MB "
-            f"({r['peak_rss_mb'] - r['base_rss_mb']:+.0f} MB during inference){cuda}"
+            f"(base {r['base_rss_mb']:.0f} MB, {r['peak_rss_mb'] - r['base_rss_mb']:+.0f} MB "
+            f"during inference){cuda}"
         )
     print(
         f"max |segarena - monai| probability on a {GRID}-pixel grid: {diff.max():.2e} "

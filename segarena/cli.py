@@ -89,7 +89,7 @@ def _print_summary(run_dir: Path) -> None:
         f"± {summary['miou_std']:.4f})"
     )
     if "pseudo_gain" in summary:  # data.pseudo: did the pseudo-labels help?
-        from segarena.pseudo import gain_line
+        from segarena.pseudo_data import gain_line
 
         typer.echo(gain_line(summary))
     typer.echo(f"run directory: {run_dir}")

@@ -30,7 +30,9 @@ def _check_kind(checkpoint: str) -> None:
     from segarena.train.checkpoint import CHECKPOINT_KINDS
 
     if checkpoint not in CHECKPOINT_KINDS:
-        raise UserError(f"--checkpoint {checkpoint!r}: expected one of {', '.join(CHECKPOINT_KINDS)}")
+        raise UserError(
+            f"--checkpoint {checkpoint!r}: expected one of {', '.join(CHECKPOINT_KINDS)}"
+        )
 
 
 @app.command()

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from segarena.errors import UserError
 
@@ -106,6 +113,16 @@ class DataConfig(Strict):
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     tiles: TilesConfig | None = None  # train on tiles of large images; validation stays whole
     cleanse: CleanseConfig | None = None  # training labels cleansed by an audit
+    # folders written by `segarena pseudo` (${VAR} expanded; relative to the working dir):
+    # their images join every fold's training set, never validation (segarena.pseudo)
+    pseudo: list[str] = Field(default_factory=list)
+
+    @field_validator("pseudo", mode="before")
+    @classmethod
+    def _one_folder_or_many(cls, value: Any) -> Any:
+        if value is None:  # --set data.pseudo= (or null): no pseudo-labels
+            return []
+        return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _tiles_at_native_size(self) -> DataConfig:
@@ -205,6 +222,23 @@ class SamplerConfig(Strict):
     power: float = Field(0.5, ge=0.0, le=2.0)
 
 
+class EmaConfig(Strict):
+    """An exponential moving average of the weights (timm ModelEmaV3), updated after every
+    optimizer update; validation, best.ckpt and ema.ckpt then hold the averaged weights."""
+
+    decay: float = Field(0.999, ge=0.0, lt=1.0)  # ema = decay * ema + (1 - decay) * weights
+
+
+class SwaConfig(Strict):
+    """Stochastic weight averaging (torch.optim.swa_utils): from epoch `start_epoch` (counted
+    from 1) SWALR sets the lr and each epoch's final weights join the average -> swa.ckpt."""
+
+    start_epoch: int = Field(ge=1)  # the first averaged epoch; <= train.epochs
+    lr: float = Field(1e-4, gt=0)  # the lr SWALR anneals to
+    anneal_epochs: int = Field(1, ge=0)  # epochs after start_epoch to reach `lr`; 0 = at once
+    anneal_strategy: Literal["cos", "linear"] = "cos"
+
+
 class TrainConfig(Strict):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -221,6 +255,18 @@ class TrainConfig(Strict):
     oof_dtype: Literal["float16", "uint8"] = "uint8"
     oof_scale: float = Field(0.5, gt=0, le=1)  # out-of-fold probabilities stored downscaled
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    ema: EmaConfig | None = None  # null = off
+    swa: SwaConfig | None = None  # null = off
+    save_top_k: int = Field(1, ge=1)  # k >= 2 also keeps fold_<k>/top/epoch_<e>.ckpt (k best)
+
+    @model_validator(mode="after")
+    def _swa_within_training(self) -> TrainConfig:
+        if self.swa is not None and self.swa.start_epoch > self.epochs:
+            raise ValueError(
+                f"train.swa.start_epoch={self.swa.start_epoch} is after the last epoch: "
+                f"expected 1..train.epochs={self.epochs} (the first epoch averaged into swa.ckpt)"
+            )
+        return self
 
 
 class TransformSpec(Strict):

@@ -144,9 +144,8 @@ def test_evaluate_on_a_labelled_folder_equals_the_same_images_by_split(runs):
     code, output = cli("evaluate", run_dir, "--split", "all", "--workers", "0")
     assert code == 0, output
     by_split = json.loads((run_dir / "eval_all.json").read_text())
-    code, output = cli(
-        "evaluate", run_dir, "--images", data / "images", "--masks", data / "masks", "--workers", "0"
-    )
+    folder = ["--images", data / "images", "--masks", data / "masks"]
+    code, output = cli("evaluate", run_dir, *folder, "--workers", "0")
     assert code == 0, output
     by_folder = json.loads((run_dir / "eval_images.json").read_text())
     assert by_folder["folds"][0]["images"] == 8

@@ -9,11 +9,9 @@ import torch
 from tiny_models import CallLog, asymmetric_model, pointwise_model
 from torch import nn
 
-from segarena.config import InferConfig
+from segarena.infer import sliding
 from segarena.infer.sliding import (
-    InferenceModel,
     gaussian_weights,
-    infer_probs,
     sliding_probs,
     window_starts,
 )
@@ -119,11 +117,29 @@ def test_windows_go_in_bounded_batches():
     assert max(s[0] for s in model.shapes) == 4 * 2 and len(model.shapes) == 7
 
 
-def test_inference_model_gives_log_probabilities_for_evaluate():
-    model = asymmetric_model()
-    options = InferConfig(tta="hflip", window=(32, 32), overlap=0.5)
-    images = torch.randn(2, 3, 64, 64)
+def test_raw_pixels_prepared_per_window_equal_a_prepared_image():
+    """predict keeps the image uint8 and normalises each batch of windows on the device."""
+    model = pointwise_model()
+    pixels = torch.randint(0, 256, (3, 70, 90), dtype=torch.uint8)
+
+    def prepare(x):
+        return (x.float() / 255 - 0.5) / 0.25
+
     with torch.inference_mode():
-        got = InferenceModel(model, options)(images).softmax(1)
-        want = infer_probs(model, images, options)
+        want = sliding_probs(model, prepare(pixels), (32, 40), 0.5, 3, tta="hflip")
+        got = sliding_probs(model, pixels, (32, 40), 0.5, 3, tta="hflip", prepare=prepare)
+    assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
+def test_huge_outputs_are_float16(monkeypatch):
+    """Above HALF_OUTPUT_ELEMENTS the probabilities are stored in float16 (half the memory);
+    blending still runs in float32, so they agree with float32 to float16's precision."""
+    model = pointwise_model()
+    image = torch.randn(3, 64, 80)
+    with torch.inference_mode():
+        full = sliding_probs(model, image, (32, 32), 0.5)
+        monkeypatch.setattr(sliding, "HALF_OUTPUT_ELEMENTS", 4 * 64 * 80 - 1)
+        half = sliding_probs(model, image, (32, 32), 0.5)
+    assert full.dtype == torch.float32 and half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), full, atol=1e-3, rtol=0)

@@ -29,7 +29,7 @@ from segarena.errors import UserError
 from segarena.infer.options import infer_options
 from segarena.infer.sliding import infer_probs
 from segarena.models import build_model
-from segarena.train.checkpoint import load_checkpoint
+from segarena.train.checkpoint import fold_checkpoints, load_checkpoint
 from segarena.train.loop import normalize
 
 
@@ -65,13 +65,9 @@ def pick_device(device: str) -> torch.device:
 
 
 def _fold_checkpoints(run_dir: Path, checkpoint: str) -> list[tuple[int, Path]]:
-    """(fold, path) of every fold's `checkpoint` in a run directory."""
-    found = sorted(
-        (int(p.parent.name.split("_")[1]), p) for p in run_dir.glob(f"fold_*/{checkpoint}.ckpt")
-    )
-    if not found:
-        raise UserError(f"{run_dir}: no fold_*/{checkpoint}.ckpt; train the run first")
-    return found
+    """(fold, path) of every `checkpoint` (a CHECKPOINT_KINDS name) in a run directory;
+    `top` gives several per fold (the epoch ensemble), all members of the run."""
+    return fold_checkpoints(run_dir, checkpoint)
 
 
 def _load_model(config: Config, path: Path, device: torch.device) -> nn.Module:
@@ -183,17 +179,19 @@ class Ensemble:
 def member_probs(
     member: Member, image: np.ndarray, out_size: tuple[int, int], device: torch.device
 ) -> Tensor:
-    """One member's probabilities [C,*out_size] of a raw HxWx3 uint8 image."""
+    """One member's probabilities [C,*out_size] of a raw HxWx3 uint8 image: float32, or
+    float16 for huge sliding-window outputs (see segarena.infer.sliding)."""
     prepared = member.transform(image=image)["image"]
     x = torch.from_numpy(np.ascontiguousarray(prepared.transpose(2, 0, 1)))[None]
-    # with a sliding window the (maybe huge) image stays on the CPU: only windows move
-    if member.options.window is None:
-        x = x.to(device)
-    mean, std = (t.to(x.device) for t in member.mean_std)
-    x = normalize(x, mean, std)
+    mean, std = (t.to(device) for t in member.mean_std)
+
+    def prepare(pixels: Tensor) -> Tensor:
+        return normalize(pixels, mean, std)
+
+    # The image stays uint8 on the CPU; with a sliding window only batches of windows
+    # move to the device and are normalised there, so a huge image never exists as floats.
     with _autocast(member.precision, device):
-        probs = infer_probs(member.model, x, member.options, out_size)[0]
-    return probs.float()
+        return infer_probs(member.model, x, member.options, out_size, prepare)[0]
 
 
 def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

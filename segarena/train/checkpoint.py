@@ -7,14 +7,13 @@ opening a checkpoint never runs pickled code.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from segarena.errors import UserError
-
-CHECKPOINT_KINDS = ("best", "last")  # the checkpoints predict and evaluate can load
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
@@ -44,3 +43,36 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
         while hasattr(model, attr) and isinstance(getattr(model, attr), torch.nn.Module):
             model = getattr(model, attr)
     return model
+
+
+# The checkpoints a run directory can hold per fold (what `evaluate` / `predict` can load).
+CHECKPOINT_KINDS = ("best", "last", "ema", "swa", "top")
+
+_HOW_TO_GET = {
+    "best": "train the run first",
+    "last": "train the run first",
+    "ema": "train with train.ema set (e.g. --set train.ema.decay=0.999)",
+    "swa": "train with train.swa set (e.g. --set train.swa.start_epoch=N)",
+    "top": "train with train.save_top_k >= 2 (k=1 keeps best.ckpt only)",
+}
+
+
+def fold_checkpoints(run_dir: Path, kind: str) -> list[tuple[int, Path]]:
+    """(fold index, path) of every fold's `kind` checkpoint in a run directory, by fold.
+
+    Every kind loads as a model ("model" is a state dict in each); `top` gives each fold's
+    k best epochs (train.save_top_k), the epoch ensemble, in epoch order within a fold.
+    """
+    if kind not in CHECKPOINT_KINDS:
+        raise UserError(f"checkpoint {kind!r}: expected one of {', '.join(CHECKPOINT_KINDS)}")
+    pattern = "fold_*/top/epoch_*.ckpt" if kind == "top" else f"fold_*/{kind}.ckpt"
+    found = []
+    for path in Path(run_dir).glob(pattern):
+        fold_dir = path.parent.parent if kind == "top" else path.parent
+        fold = re.fullmatch(r"fold_(\d+)", fold_dir.name)
+        epoch = re.fullmatch(r"epoch_(\d+)", path.stem) if kind == "top" else None
+        if fold is not None and (kind != "top" or epoch is not None):
+            found.append((int(fold[1]), int(epoch[1]) if epoch else 0, path))
+    if not found:
+        raise UserError(f"no {pattern} in {run_dir}: {_HOW_TO_GET[kind]}")
+    return [(fold, path) for fold, _, path in sorted(found)]

@@ -1,4 +1,4 @@
-"""Train one fold: epochs, validation, best/last checkpoints, resume, early stopping, OOF."""
+"""Train one fold: epochs, validation, checkpoints (+ EMA/SWA/top-k), resume, early stop, OOF."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from segarena.models import build_model
 from segarena.oof import PerImageRecorder, oof_name
 from segarena.optim import build_optimizer, build_scheduler
 from segarena.records import Tracker, append_jsonl, read_jsonl, write_json_atomic
+from segarena.train.averaging import Averaging, bn_images
 from segarena.train.checkpoint import load_checkpoint, save_atomic, unwrap
 from segarena.train.loop import train_one_epoch, validate
 from segarena.train.progress import EpochProgress
@@ -101,10 +102,11 @@ class FoldParts:
     vloader: Any
     generator: torch.Generator
     norm: tuple[torch.Tensor, torch.Tensor]
+    averaging: Averaging  # EMA, SWA, top-k
 
 
-def build_parts(config: Config, fabric: Fabric, data: FoldData) -> FoldParts:
-    """Datasets, loaders, model, optimizer, schedule, loss and mixer of one fold."""
+def build_parts(config: Config, fabric: Fabric, data: FoldData, fold_dir: Path) -> FoldParts:
+    """Datasets, loaders, model, optimizer, schedule, loss, mixer and averaging of one fold."""
     cfg_train, cfg_data = config.train, config.data
     seed_everything(cfg_train.seed)
     train_ds = train_dataset(config, data.train)
@@ -133,46 +135,66 @@ def build_parts(config: Config, fabric: Fabric, data: FoldData) -> FoldParts:
         vloader=fabric.setup_dataloaders(vloader, move_to_device=False),
         generator=generator,
         norm=mean_std(config, fabric.device),
+        averaging=Averaging(cfg_train, model, optimizer, fold_dir),
     )
+
+
+def reseed(parts: FoldParts, seed: int) -> None:
+    """Seed all an epoch draws from: batch order, augmentations, dropout, random tiles."""
+    seed_everything(seed)
+    parts.generator.manual_seed(seed)
+    parts.train_ds.transform.set_random_seed(seed)
 
 
 def restore(parts: FoldParts, fabric: Fabric, fold_dir: Path, fold: int) -> dict[str, Any]:
     """The fold's loop state, resumed from last.ckpt when a killed run left one."""
-    state = {"epoch": 0, "num_updates": 0, "best_miou": -1.0, "best_epoch": 0, "bad": 0}
+    # top: the top-k ranking, [epoch, val mIoU] pairs (segarena.train.averaging.TopK)
+    state = {"epoch": 0, "num_updates": 0, "best_miou": -1.0, "best_epoch": 0, "bad": 0, "top": []}
     last_path, metrics_path = fold_dir / "last.ckpt", fold_dir / "metrics.jsonl"
     if last_path.is_file():
         ckpt = load_checkpoint(last_path)
         unwrap(parts.model).load_state_dict(ckpt["model"])
         parts.optimizer.load_state_dict(ckpt["optimizer"])
         parts.scheduler.load_state_dict(ckpt["scheduler"])
+        parts.averaging.load_state_dict(ckpt)
         state.update(ckpt["state"])
         fabric.print(f"fold {fold}: resuming after epoch {state['epoch']}")
     # Epochs logged after the last checkpoint (killed in between) are trained again.
     kept = [r for r in read_jsonl(metrics_path) if r["epoch"] <= state["epoch"]]
     if fabric.is_global_zero:
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        parts.averaging.top_k.prune(state["top"])  # epochs to train again may have left files
     return state
+
+
+def val_matrix(config: Config, fabric: Fabric, parts: FoldParts, model, on_probs=None):
+    """Confusion matrix of `model` on the fold's validation images."""
+    cfg_data = config.data
+    with fabric.autocast():  # the run's precision also for EMA / SWA copies Fabric never wrapped
+        return validate(
+            fabric, model, parts.vloader, cfg_data.num_classes, cfg_data.ignore_index,
+            parts.norm, on_probs=on_probs,
+        ).matrix  # fmt: skip
 
 
 def validate_epoch(
     config: Config, fabric: Fabric, parts: FoldParts, state: dict, record: dict, best_path: Path
 ) -> float:
-    """Score the model on the fold's validation images; keep best.ckpt; count patience."""
-    cfg_data = config.data
-    matrix = validate(
-        fabric, parts.model, parts.vloader, cfg_data.num_classes, cfg_data.ignore_index, parts.norm
-    ).matrix
-    val = scores(matrix)
+    """Score the model (its EMA with train.ema) on the fold's validation images; keep
+    best.ckpt and the top-k; count patience."""
+    scored = parts.averaging.scored()
+    val = scores(val_matrix(config, fabric, parts, scored))
     metric = val["miou"]
     record.update(val_miou=metric, val_pixel_acc=val["pixel_acc"])
     record["val_per_class_iou"] = val["per_class_iou"]
+    checkpoint = {"model": scored.state_dict(), "epoch": record["epoch"], "miou": metric}
     if metric > state["best_miou"]:
         state.update(best_miou=metric, best_epoch=record["epoch"], bad=0)
         if fabric.is_global_zero:
-            weights = unwrap(parts.model).state_dict()
-            save_atomic({"model": weights, "epoch": record["epoch"], "miou": metric}, best_path)
+            save_atomic(checkpoint, best_path)
     else:
         state["bad"] += 1
+    parts.averaging.top_k.offer(state["top"], checkpoint, write=fabric.is_global_zero)
     return metric
 
 
@@ -191,18 +213,15 @@ def save_epoch(
             "optimizer": parts.optimizer.state_dict(),
             "scheduler": parts.scheduler.state_dict(),
             "state": state,
+            **parts.averaging.state_dict(),
         }
         save_atomic(checkpoint, fold_dir / "last.ckpt")
+        parts.averaging.top_k.prune(state["top"])  # only once last.ckpt no longer lists them
     fabric.barrier()
 
 
 def fit_fold(
-    config: Config,
-    fabric: Fabric,
-    data: FoldData,
-    fold_dir: Path,
-    fold: int,
-    tracker: Tracker,
+    config: Config, fabric: Fabric, data: FoldData, fold_dir: Path, fold: int, tracker: Tracker
 ) -> dict[str, Any]:
     """Train fold `fold` into `fold_dir`, resuming from its last.ckpt if present.
 
@@ -214,22 +233,23 @@ def fit_fold(
     if result_path.is_file():  # finished before a resume: nothing left to do
         return json.loads(result_path.read_text())
     cfg_train = config.train
-    parts = build_parts(config, fabric, data)
+    parts = build_parts(config, fabric, data, fold_dir)
     state = restore(parts, fabric, fold_dir, fold)
     progress = EpochProgress(enabled=fabric.is_global_zero)
     for epoch in range(state["epoch"], cfg_train.epochs):
         # Reseeding per epoch makes epoch e's batches, augmentations and dropout the same
         # whether or not the run was resumed before it: no RNG state needs saving.
-        seed_everything(cfg_train.seed + epoch)
-        parts.generator.manual_seed(cfg_train.seed + epoch)
-        parts.train_ds.transform.set_random_seed(cfg_train.seed + epoch)
+        reseed(parts, cfg_train.seed + epoch)
+        schedule = parts.averaging.schedule(epoch + 1, parts.scheduler)  # SWALR from swa start
         with progress.epoch(fold, epoch + 1, cfg_train.epochs, len(parts.loader)) as on_step:
             stats, state["num_updates"] = train_one_epoch(
                 fabric, parts.model, parts.loader, parts.loss_fn, parts.optimizer,
-                parts.scheduler, epoch, state["num_updates"], parts.norm,
+                schedule, epoch, state["num_updates"], parts.norm,
                 accumulate=cfg_train.accumulate, grad_clip=cfg_train.grad_clip,
                 channels_last=cfg_train.channels_last, on_step=on_step, mixer=parts.mixer,
+                on_update=parts.averaging.on_update,
             )  # fmt: skip
+        parts.averaging.end_epoch(epoch + 1)  # SWA averages the epoch's final weights
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "train_loss": stats.loss,
@@ -241,37 +261,35 @@ def fit_fold(
         metric = None
         if (epoch + 1) % cfg_train.val_every == 0 or epoch + 1 == cfg_train.epochs:
             metric = validate_epoch(config, fabric, parts, state, record, fold_dir / "best.ckpt")
-        parts.scheduler.step_epoch(epoch + 1, metric)
+        schedule.step_epoch(epoch + 1, metric)
         state["epoch"] = epoch + 1
         stop = cfg_train.early_stopping is not None and state["bad"] >= cfg_train.early_stopping
         progress.summary(fold, record, state["best_miou"], stop)
         save_epoch(fabric, parts, state, record, fold_dir, fold, tracker)
         if stop:
             break
-    return finish_fold(config, fabric, parts.model, parts.vloader, data.val, fold_dir, fold,
-                       parts.norm)  # fmt: skip
+    return finish_fold(config, fabric, parts, data.val, fold_dir, fold)
 
 
-def finish_fold(config, fabric, model, vloader, val_samples, fold_dir, fold, norm) -> dict:
-    """Score the best weights once more, writing OOF probabilities and the fold result."""
+def finish_fold(config, fabric, parts: FoldParts, val_samples, fold_dir, fold) -> dict:
+    """Write ema.ckpt / swa.ckpt, then score the best weights once more, writing OOF
+    probabilities and the fold result."""
+    history = read_jsonl(fold_dir / "metrics.jsonl")
+    reseed(parts, config.train.seed + config.train.epochs)  # SWA's BN update draws batches
+    averaged = parts.averaging.finish(
+        fabric, bn_images(parts.loader, parts.norm, config.train.channels_last),
+        lambda model: val_matrix(config, fabric, parts, model),
+        history[-1]["epoch"], history[-1].get("val_miou"),
+    )  # fmt: skip
     best = load_checkpoint(fold_dir / "best.ckpt")
-    unwrap(model).load_state_dict(best["model"])
+    unwrap(parts.model).load_state_dict(best["model"])
     # per-image confusion matrices let `segarena compare` resample images exactly
     per_image = PerImageRecorder(val_samples, config.data.num_classes, config.data.ignore_index)
     writer = (
         per_image.wrap(oof_writer(fold_dir, val_samples, config)) if fabric.is_global_zero else None
     )
-    matrix = validate(
-        fabric,
-        model,
-        vloader,
-        config.data.num_classes,
-        config.data.ignore_index,
-        norm,
-        on_probs=writer,
-    ).matrix
+    matrix = val_matrix(config, fabric, parts, parts.model, on_probs=writer)
     final = scores(matrix)
-    history = read_jsonl(fold_dir / "metrics.jsonl")
     result = {
         "fold": fold,
         "best_epoch": best["epoch"],
@@ -282,6 +300,7 @@ def finish_fold(config, fabric, model, vloader, val_samples, fold_dir, fold, nor
         "train_images_per_s": float(np.mean([r["images_per_s"] for r in history])),
         "data_wait_share": float(np.mean([r["data_wait_share"] for r in history])),
         "train_loss": [r["train_loss"] for r in history],
+        **averaged,  # swa_miou, swa_confusion with train.swa
     }
     if fabric.is_global_zero:
         per_image.save(fold_dir)  # before result.json: a finished fold always has it

@@ -18,6 +18,7 @@ from segarena.data.folds import fold_indices, load_or_create_folds, read_folds
 from segarena.data.readers import Sample, read_samples
 from segarena.errors import TrainingError, UserError
 from segarena.metrics import scores
+from segarena.pseudo_data import pseudo_records, pseudo_samples, pseudo_summary
 from segarena.records import (
     Tracker,
     environment,
@@ -46,6 +47,8 @@ def debug_config(config: Config) -> Config:
     """--debug: 2 epochs, validation every epoch, no early stopping."""
     raw = config.model_dump(mode="json")
     raw["train"].update(epochs=2, val_every=1, early_stopping=None)
+    if raw["train"].get("swa"):  # SWA still runs, from epoch 2 at the latest
+        raw["train"]["swa"]["start_epoch"] = min(raw["train"]["swa"]["start_epoch"], 2)
     return config_from_dict(raw, source="--debug")
 
 
@@ -60,6 +63,9 @@ def fold_data(
         val_idx = sorted(rng.sample(val_idx, min(max(n // 2, 1), len(val_idx))))
     # data.cleanse edits (or drops) training samples only: validation masks stay as given
     train = cleanse_training([samples[i] for i in train_idx], config.data)
+    # data.pseudo: model-labelled images train every fold; they never validate
+    limit = config.train.debug_samples if debug else None
+    train += pseudo_samples(config.data, samples, limit, config.train.seed)
     if not train or not val_idx:
         raise UserError(
             f"fold {fold} has {len(train)} training and {len(val_idx)} "
@@ -72,6 +78,7 @@ def start_run(
     config: Config, out: Path, folds_to_train: list[int], debug: bool, samples: list[Sample]
 ) -> tuple[Path, dict[str, Any], list[int]]:
     """Create the run directory with its resolved config, folds.csv and run.json."""
+    pseudo = pseudo_records(config.data, samples)  # checked before the run directory exists
     experiment_dir = out / config.experiment
     folds = load_or_create_folds(
         experiment_dir / "folds.csv", samples, config.split, config.data.num_classes
@@ -85,6 +92,7 @@ def start_run(
         "folds": folds_to_train,
         "debug": debug,
         "mlflow_run_id": None,
+        "pseudo": pseudo,
     }
     write_json_atomic(run_dir / "run.json", run_info)
     return run_dir, run_info, folds
@@ -132,9 +140,12 @@ def train(
         results = []
         for k in run_info["folds"]:
             data = fold_data(samples, folds, k, config, debug)
-            fabric.print(f"fold {k}: {len(data.train)} train / {len(data.val)} val images")
+            pseudo = sum(s.id.startswith("pseudo:") for s in data.train)
+            extra = f" ({pseudo} pseudo-labelled)" if config.data.pseudo else ""
+            fabric.print(f"fold {k}: {len(data.train)} train{extra} / {len(data.val)} val images")
             results.append(fit_fold(config, fabric, data, run_dir / f"fold_{k}", k, tracker))
         summary = summarize(config, results)
+        summary.update(pseudo_summary(run_info.get("pseudo", []), run_dir, run_info, summary))
         write_json_atomic(run_dir / "summary.json", summary)
         tracker.log_metrics({"miou": summary["miou"], "miou_std": summary["miou_std"]}, 0)
         tracker.finish(run_dir / "summary.json")
@@ -159,6 +170,9 @@ def make_fabric(config: Config) -> Fabric:
     return fabric
 
 
+FOLD_KEYS = ("fold", "miou", "best_epoch", "epochs", "swa_miou")  # summary.json per fold
+
+
 def summarize(config: Config, results: list[dict[str, Any]]) -> dict[str, Any]:
     """Pooled (OOF) and per-fold scores; `miou` is the pooled mIoU of all folds' val images."""
     pooled = scores(np.sum([np.array(r["confusion"]) for r in results], axis=0))
@@ -169,11 +183,20 @@ def summarize(config: Config, results: list[dict[str, Any]]) -> dict[str, Any]:
         "miou_std": float(np.std(fold_mious)),
         "per_class_iou": dict(zip(config.data.classes, pooled["per_class_iou"])),
         "pixel_acc": pooled["pixel_acc"],
-        "folds": [{k: r[k] for k in ("fold", "miou", "best_epoch", "epochs")} for r in results],
+        "folds": [{k: r[k] for k in FOLD_KEYS if k in r} for r in results],
         "epochs": config.train.epochs,
         "train_images_per_s": float(np.mean([r["train_images_per_s"] for r in results])),
         "data_wait_share": float(np.mean([r["data_wait_share"] for r in results])),
+        **swa_summary(results),
     }
+
+
+def swa_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """train.swa: the pooled mIoU of the folds' swa.ckpt, when every fold has one."""
+    if not results or any("swa_confusion" not in r for r in results):
+        return {}
+    pooled = scores(np.sum([np.array(r["swa_confusion"]) for r in results], axis=0))
+    return {"swa_miou": pooled["miou"]}
 
 
 # A fall smaller than this is float noise from batch order, not learning.
