@@ -11,8 +11,9 @@ segarena gets the image as predict holds it, uint8 pixels, MONAI the same pixels
 float32 (its output buffers take the input's dtype, so uint8 fails); both normalise each
 batch of windows (segarena through `prepare`, MONAI inside its predictor).
 Peak memory is the process's: about 1 GB is torch and the model before any pixel is read
-(printed as "base"); then the activations of one forward pass (sw_batch x TTA views windows; ~120 MB per 512x512 window
-of this Unet on the CPU, hence --sw-batch 2 by default), and segarena's output buffer.
+(printed as "base"); then the activations of one forward pass (sw_batch x TTA views
+windows; ~120 MB per 512x512 window of this Unet on the CPU, hence --sw-batch 2 by
+default), and segarena's output buffer.
 
 The outputs differ slightly, most near the image border: MONAI clamps its Gaussian map
 at the map's smallest non-zero value (about 1e-3 of the peak, from its truncated
