@@ -58,11 +58,28 @@ def train(
     debug: bool = typer.Option(False, "--debug", help="Small subset, 2 epochs, loss must fall."),
     resume: Path = typer.Option(None, "--resume", help="Continue a killed run directory."),
     out: Path = typer.Option(None, "--out", help="Runs folder (default: records.out)."),
+    seeds: str = typer.Option(
+        None, "--seeds", help="One run per seed, e.g. 0,1,2: a seed ensemble."
+    ),
     overrides: list[str] = SetOption,
 ) -> None:
     """Train a model (one fold, or every fold with --folds all)."""
     from segarena.config import load_config
     from segarena.train.run import train as run_training
+
+    if seeds is not None:
+        if resume is not None or config is None:
+            raise UserError("--seeds needs a CONFIG and starts new runs (not with --resume)")
+        run_dirs = []
+        for seed in _parse_seeds(seeds):
+            cfg = load_config(config, [*overrides, f"train.seed={seed}"])
+            out_dir = out if out is not None else Path(cfg.records.out)
+            run_dirs.append(run_training(cfg, out_dir, fold, folds == "all", debug))
+            _print_summary(run_dirs[-1])
+        typer.echo(
+            f"seed ensemble: segarena predict {' '.join(map(str, run_dirs))} --images DIR ..."
+        )
+        return
 
     if folds not in (None, "all"):
         raise UserError(f"--folds {folds!r}: expected 'all' (use --fold N for one fold)")
@@ -77,6 +94,16 @@ def train(
         out_dir = out if out is not None else Path(cfg.records.out)
         run_dir = run_training(cfg, out_dir, fold, folds == "all", debug)
     _print_summary(run_dir)
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {text!r}: expected distinct integers, e.g. 0,1,2")
+    return seeds
 
 
 def _print_summary(run_dir: Path) -> None:

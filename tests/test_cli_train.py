@@ -190,3 +190,18 @@ def test_missing_data_folder_exits_2(tmp_path):
     result = run_cli("train", path)
     assert result.exit_code == 2
     assert "nowhere" in result.output
+
+
+def test_seeds_train_one_run_per_seed(tmp_path):
+    data = make_mask_folder(tmp_path / "data", n=8)
+    out = tmp_path / "runs"
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(data, out))
+    result = run_cli("train", cfg, "--seeds", "3,4", "--set", "train.epochs=1")
+    assert result.exit_code == 0, result.output
+    runs = sorted(p for p in (out / "tiny").iterdir() if p.is_dir())
+    seeds = [yaml.safe_load((r / "config.yaml").read_text())["train"]["seed"] for r in runs]
+    assert sorted(seeds) == [3, 4]
+    assert "seed ensemble: segarena predict" in result.output
+    assert all(str(r) in result.output for r in runs)
+    result = run_cli("train", cfg, "--seeds", "3,x")
+    assert result.exit_code == 2 and "--seeds '3,x'" in result.output
