@@ -37,7 +37,7 @@ import yaml
 from PIL import Image
 
 from segarena.audit import audit_run
-from segarena.config import config_from_dict, expand_env
+from segarena.config import apply_overrides, config_from_dict, expand_env
 from segarena.train.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,13 +83,7 @@ def recipe(data: Path, args, experiment: str, sources: list[dict], split: dict) 
     raw["data"].update(root=str(data), sources=sources, image_size=list(args.size))
     raw["split"] = {**raw["split"], **split}
     raw["records"] = {"out": str(args.out), "mlflow": False}
-    for item in args.overrides:  # --set key.sub=value
-        key, _, value = item.partition("=")
-        node = raw
-        for part in key.split(".")[:-1]:
-            node = node.setdefault(part, {})
-        node[key.split(".")[-1]] = yaml.safe_load(value)
-    return raw
+    return apply_overrides(raw, args.overrides)  # --set key.sub=value
 
 
 def detection(audit_dir: Path, swapped: dict[str, np.ndarray]) -> dict:

@@ -33,7 +33,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from segarena.config import config_from_dict, expand_env
+from segarena.config import apply_overrides, config_from_dict, expand_env
 from segarena.pseudo import write_pseudo_labels
 from segarena.train.run import train
 
@@ -84,13 +84,7 @@ def recipe(data: Path, args, experiment: str) -> dict:
     if args.epochs <= raw["scheduler"].get("warmup_epochs", 0):  # smoke tests: --epochs 1
         raw["scheduler"]["warmup_epochs"] = 0
     raw["records"] = {"out": str(args.out), "mlflow": False}
-    for item in args.overrides:  # --set key.sub=value
-        key, _, value = item.partition("=")
-        node = raw
-        for part in key.split(".")[:-1]:
-            node = node.setdefault(part, {})
-        node[key.split(".")[-1]] = yaml.safe_load(value)
-    return raw
+    return apply_overrides(raw, args.overrides)  # --set key.sub=value
 
 
 def pseudo_accuracy(manifest: dict, pseudo_dir: Path, truth_dir: Path) -> dict:

@@ -238,51 +238,8 @@ def audit(
     typer.echo(f"ranking: {out / 'issues.csv'}\nreport: {out / 'report.html'}")
 
 
-@app.command()
-@friendly_errors
-def pseudo(
-    run_dirs: list[Path] = typer.Argument(..., help="Run directories; all their folds ensemble."),
-    images: Path = typer.Option(..., "--images", help="Folder of unlabelled images."),
-    out: Path = typer.Option(..., "--out", help="New folder: masks/, pairs.txt, pseudo.json."),
-    threshold: float = typer.Option(
-        0.9, "--threshold", help="Keep a pixel's argmax where its probability reaches this."
-    ),
-    force: bool = typer.Option(False, "--force", help="Replace an earlier pseudo folder."),
-    tta: str = TtaOption,
-    scales: str = ScalesOption,
-    merge: str = MergeOption,
-    window: str = WindowOption,
-    overlap: float = OverlapOption,
-    sw_batch_size: int = SwBatchOption,
-    checkpoint: str = typer.Option("best", "--checkpoint", help="Which checkpoint, as predict."),
-    weights: str = typer.Option(None, "--weights", help="One weight per run dir, e.g. 2,1."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    workers: int = typer.Option(2, "--workers", help="Image-decoding worker processes."),
-) -> None:
-    """Pseudo-label a folder of images (confident pixels only) for data.pseudo."""
-    from segarena.infer.options import cli_overrides, parse_floats
-    from segarena.pseudo import write_pseudo_labels
-
-    manifest = write_pseudo_labels(
-        run_dirs,
-        images,
-        out,
-        threshold,
-        checkpoint,
-        parse_floats(weights, "--weights"),
-        cli_overrides(tta, scales, merge, window, overlap, sw_batch_size),
-        device,
-        workers,
-        force,
-    )
-    typer.echo(
-        f"wrote {out}: {manifest['image_count']} images, {manifest['kept_share']:.1%} of "
-        f"pixels kept at threshold {threshold}; train on them with --set data.pseudo={out}"
-    )
-
-
-# evaluate, predict, validate-submission and tune-weights live in cli_infer; importing it
-# registers them on `app`
+# evaluate, predict, validate-submission, tune-weights and pseudo live in cli_infer;
+# importing it registers them on `app`
 from segarena import cli_infer  # noqa: E402, F401
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Inference commands of the `segarena` CLI: evaluate, predict, validate-submission and
-tune-weights (registered on `segarena.cli.app`)."""
+"""Inference commands of the `segarena` CLI: evaluate, predict, validate-submission,
+tune-weights and pseudo (registered on `segarena.cli.app`)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ CheckpointOption = typer.Option(
 )
 WeightsOption = typer.Option(None, "--weights", help="One weight per run dir, e.g. 0.7,0.3.")
 DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+WorkersOption = typer.Option(2, "--workers", help="Image-decoding worker processes.")
 
 
 def _check_kind(checkpoint: str) -> None:
@@ -52,7 +53,7 @@ def evaluate(
     overlap: float = OverlapOption,
     sw_batch_size: int = SwBatchOption,
     device: str = DeviceOption,
-    workers: int = typer.Option(2, "--workers", help="Image-decoding worker processes."),
+    workers: int = WorkersOption,
 ) -> None:
     """Score runs (or their ensemble) with any inference options, as predict would run them."""
     from segarena.evaluate import evaluate as run_evaluate
@@ -86,7 +87,7 @@ def predict(
     checkpoint: str = CheckpointOption,
     weights: str = WeightsOption,
     device: str = DeviceOption,
-    workers: int = typer.Option(2, "--workers", help="Image-decoding worker processes."),
+    workers: int = WorkersOption,
 ) -> None:
     """Predict a folder of images with an ensemble of runs and write a validated submission."""
     from segarena.infer.options import cli_overrides, parse_floats, parse_size
@@ -148,3 +149,47 @@ def tune_weights(
     if out is not None:
         write_json_atomic(out, result)
         typer.echo(f"wrote {out}")
+
+
+@app.command()
+@friendly_errors
+def pseudo(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories; all their folds ensemble."),
+    images: Path = typer.Option(..., "--images", help="Folder of unlabelled images."),
+    out: Path = typer.Option(..., "--out", help="New folder: masks/, pairs.txt, pseudo.json."),
+    threshold: float = typer.Option(
+        0.9, "--threshold", help="Keep a pixel's argmax where its probability reaches this."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier pseudo folder."),
+    tta: str = TtaOption,
+    scales: str = ScalesOption,
+    merge: str = MergeOption,
+    window: str = WindowOption,
+    overlap: float = OverlapOption,
+    sw_batch_size: int = SwBatchOption,
+    checkpoint: str = CheckpointOption,
+    weights: str = WeightsOption,
+    device: str = DeviceOption,
+    workers: int = WorkersOption,
+) -> None:
+    """Pseudo-label a folder of images (confident pixels only) for data.pseudo."""
+    from segarena.infer.options import cli_overrides, parse_floats
+    from segarena.pseudo import write_pseudo_labels
+
+    _check_kind(checkpoint)
+    manifest = write_pseudo_labels(
+        run_dirs,
+        images,
+        out,
+        threshold,
+        checkpoint,
+        parse_floats(weights, "--weights"),
+        cli_overrides(tta, scales, merge, window, overlap, sw_batch_size),
+        device,
+        workers,
+        force,
+    )
+    typer.echo(
+        f"wrote {out}: {manifest['image_count']} images, {manifest['kept_share']:.1%} of "
+        f"pixels kept at threshold {threshold}; train on them with --set data.pseudo={out}"
+    )

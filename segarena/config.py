@@ -415,7 +415,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise UserError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of sections at the top, found {raw!r}")
-    return config_from_dict(_merge(raw, parse_overrides(overrides or [])), source=str(path))
+    return config_from_dict(apply_overrides(raw, overrides or []), source=str(path))
+
+
+def apply_overrides(raw: dict[str, Any], pairs: list[str]) -> dict[str, Any]:
+    """A config dict with `--set key.sub=value` pairs applied (values parsed as YAML)."""
+    return _merge(raw, parse_overrides(pairs))
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
