@@ -227,6 +227,9 @@ class EmaConfig(Strict):
     optimizer update; validation, best.ckpt and ema.ckpt then hold the averaged weights."""
 
     decay: float = Field(0.999, ge=0.0, lt=1.0)  # ema = decay * ema + (1 - decay) * weights
+    # timm's warmup: decay = min(decay, 1 - (1 + updates) ** -2/3), so that a short run's
+    # EMA follows the weights early instead of staying near the random start
+    warmup: bool = False
 
 
 class SwaConfig(Strict):

@@ -44,9 +44,11 @@ def holdout_config(tmp_path, **train):
     return config_from_dict(raw)
 
 
-def test_ema_is_the_moving_average_of_every_update(tmp_path, monkeypatch):
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_is_the_moving_average_of_every_update(tmp_path, monkeypatch, warmup):
     decay = 0.7  # low enough that every update moves the average visibly
-    config = holdout_config(tmp_path, epochs=2, batch_size=2, ema={"decay": decay})
+    ema_cfg = {"decay": decay, "warmup": warmup}
+    config = holdout_config(tmp_path, epochs=2, batch_size=2, ema=ema_cfg)
     weights: list[dict] = []  # the initial weights, then the weights after each update
     epoch_ends: list[int] = []  # updates done when each epoch ended
     real_epoch = fit.train_one_epoch
@@ -71,8 +73,10 @@ def test_ema_is_the_moving_average_of_every_update(tmp_path, monkeypatch):
     ema = {k: v.clone() for k, v in weights[0].items()}
     by_epoch = []
     for step, w in enumerate(weights[1:], start=1):
+        # timm's warmup: update k (from 0) decays by min(decay, 1 - (1 + k) ** -2/3)
+        d = min(decay, 1 - step ** (-2 / 3)) if warmup else decay
         for k, v in w.items():
-            ema[k] = decay * ema[k] + (1 - decay) * v if v.is_floating_point() else v.clone()
+            ema[k] = d * ema[k] + (1 - d) * v if v.is_floating_point() else v.clone()
         if step in epoch_ends:
             by_epoch.append({k: v.clone() for k, v in ema.items()})
 

@@ -165,14 +165,21 @@ class Averaging:
     def __init__(self, cfg: TrainConfig, model: nn.Module, optimizer: Any, fold_dir: Path):
         self.model = unwrap(model)
         self.fold_dir = fold_dir
-        self.ema = None if cfg.ema is None else ModelEmaV3(self.model, decay=cfg.ema.decay)
+        self.ema = None
+        if cfg.ema is not None:
+            self.ema = ModelEmaV3(self.model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup)
+        self.ema_updates = 0  # the warmup's step count; saved for --resume
         self.swa = None if cfg.swa is None else Swa(cfg.swa, model, optimizer)
         self.top_k = TopK(cfg.save_top_k, fold_dir)
 
     def on_update(self) -> None:
         """After every optimizer update (the training loop's `on_update`)."""
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema_updates += 1
+            # timm: with a step, update n decays by min(decay, 1 - n ** -2/3) under warmup,
+            # and by 0 for n = 1 even without it, so the step is passed with warmup only
+            step = self.ema_updates if self.ema.use_warmup else None
+            self.ema.update(self.model, step=step)
 
     def scored(self) -> nn.Module:
         """The weights validation scores and best.ckpt / top-k keep: the EMA's when on."""
@@ -191,6 +198,7 @@ class Averaging:
         state: dict[str, Any] = {}
         if self.ema is not None:
             state["ema"] = self.ema.module.state_dict()
+            state["ema_updates"] = self.ema_updates
         if self.swa is not None:
             state["swa"] = self.swa.state_dict()
         return state
@@ -199,6 +207,7 @@ class Averaging:
         """Resume from a last.ckpt (one saved before an option was on leaves it fresh)."""
         if self.ema is not None and "ema" in checkpoint:
             self.ema.module.load_state_dict(checkpoint["ema"])
+            self.ema_updates = checkpoint.get("ema_updates", 0)
         if self.swa is not None and "swa" in checkpoint:
             self.swa.load_state_dict(checkpoint["swa"])
 
