@@ -95,7 +95,7 @@ def evaluate(
     checkpoints only. Without `images`, each fold's `split` images are scored (see the
     module docstring); with `images` and `masks`, that labelled folder is. The result
     (pooled and per-fold scores, members, options) goes to the first run directory as
-    eval_<split or folder name><options>.json and is returned.
+    eval_<split or folder-NAME><options>.json and is returned.
     """
     run_dirs = [Path(r) for r in ([run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs)]
     if split not in SPLITS:
@@ -111,7 +111,8 @@ def evaluate(
         matrix = score_samples(ensemble, targets, config.data.ignore_index, workers)
         per_fold = [{"fold": "all" if fold is None else fold, "images": len(targets),
                      **scores(matrix)}]  # fmt: skip
-        matrices, label, options = [matrix], Path(images).name, ensemble.members[0].options
+        matrices, options = [matrix], ensemble.members[0].options
+        label = f"folder-{Path(images).name}"  # never mistaken for a split's file
         members = [m.name for m in ensemble.members]
     else:
         check_same_folds(run_dirs)

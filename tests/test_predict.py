@@ -147,7 +147,7 @@ def test_evaluate_on_a_labelled_folder_equals_the_same_images_by_split(runs):
     folder = ["--images", data / "images", "--masks", data / "masks"]
     code, output = cli("evaluate", run_dir, *folder, "--workers", "0")
     assert code == 0, output
-    by_folder = json.loads((run_dir / "eval_images.json").read_text())
+    by_folder = json.loads((run_dir / "eval_folder-images.json").read_text())
     assert by_folder["folds"][0]["images"] == 8
     assert by_folder["miou"] == pytest.approx(by_split["miou"], abs=1e-12)
     code, output = cli("evaluate", run_dir, "--images", data / "images", "--workers", "0")
