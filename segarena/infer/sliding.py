@@ -35,7 +35,7 @@ from segarena.data.tiles import window_starts
 from segarena.infer.tta import tta_probs
 
 SIGMA_SCALE = 1 / 8  # Gaussian sigma as a share of the window size (nnU-Net, MONAI)
-HALF_OUTPUT_ELEMENTS = 2**27  # C x H x W above this (512 MB in float32): float16 output
+HALF_OUTPUT_ELEMENTS = 2**25  # C x H x W above this (128 MB in float32): float16 output
 
 
 def gaussian_profile(
