@@ -29,6 +29,7 @@ from segarena.errors import UserError
 from segarena.infer.ensemble import Ensemble
 from segarena.infer.weights import check_same_folds
 from segarena.metrics import ConfusionMatrix, scores
+from segarena.predict import as_is
 from segarena.records import write_json_atomic
 from segarena.train.run import resume_run
 
@@ -49,18 +50,13 @@ class LabelledImages(Dataset):
         return load_image(sample.image_path), load_mask(sample)
 
 
-def _as_is(item: Any) -> Any:
-    """Keep numpy arrays as they are (the default collate would make tensors of them)."""
-    return item
-
-
 def score_samples(
     ensemble: Ensemble, samples: list[Sample], ignore_index: int, workers: int = 0
 ) -> np.ndarray:
     """The confusion matrix [C,C] (int64) of `ensemble` on `samples`, at mask resolution."""
     matrix = ConfusionMatrix(ensemble.num_classes, ignore_index)
     loader = DataLoader(
-        LabelledImages(samples), batch_size=None, num_workers=workers, collate_fn=_as_is
+        LabelledImages(samples), batch_size=None, num_workers=workers, collate_fn=as_is
     )
     for image, mask in loader:
         probs = ensemble.predict(image, mask.shape[:2])
@@ -68,10 +64,9 @@ def score_samples(
     return np.asarray(matrix.matrix, dtype=np.int64)
 
 
-def labelled_folder(config, images: Path, masks: Path, mask_suffix: str = "") -> list[Sample]:
+def labelled_folder(config, images: Path, masks: Path) -> list[Sample]:
     """Samples of an image folder + mask folder (matched by stem), checked like training's."""
-    source = Source(images=str(Path(images).resolve()), masks=str(Path(masks).resolve()),
-                    mask_suffix=mask_suffix)  # fmt: skip
+    source = Source(images=str(Path(images).resolve()), masks=str(Path(masks).resolve()))
     data = config.data.model_copy(update={"root": "/", "sources": [source], "cleanse": None})
     return read_samples(data, SplitConfig())
 

@@ -59,8 +59,8 @@ class ImageFiles(Dataset):
         return image_id, load_image(path)
 
 
-def _as_is(item: Any) -> Any:
-    """Keep numpy images as they are (the default collate would make tensors of them)."""
+def as_is(item: Any) -> Any:
+    """Keep numpy arrays as they are (the default collate would make tensors of them)."""
     return item
 
 
@@ -92,7 +92,7 @@ def predict(
     items = list_images(images, ids)
     ensemble = Ensemble.from_runs(run_dirs, checkpoint, weights, overrides, device)
     dtype = np.uint8 if ensemble.num_classes <= 256 else np.int32
-    loader = DataLoader(ImageFiles(items), batch_size=None, num_workers=workers, collate_fn=_as_is)
+    loader = DataLoader(ImageFiles(items), batch_size=None, num_workers=workers, collate_fn=as_is)
     with SubmissionWriter(fmt, Path(out), ensemble.num_classes, sample, size) as writer:
         for image_id, image in loader:
             probs = ensemble.predict(image, size or image.shape[:2])

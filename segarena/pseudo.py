@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 from segarena.errors import UserError
 from segarena.infer.ensemble import Ensemble, load_run_config
 from segarena.infer.options import infer_options
-from segarena.predict import ImageFiles, _as_is, list_images
+from segarena.predict import ImageFiles, as_is, list_images
 from segarena.pseudo_data import MANIFEST, MASKS, PAIRS, examples
 from segarena.records import environment
 
@@ -85,7 +85,7 @@ def write_pseudo_labels(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         loader = DataLoader(
-            ImageFiles(items), batch_size=None, num_workers=workers, collate_fn=_as_is
+            ImageFiles(items), batch_size=None, num_workers=workers, collate_fn=as_is
         )
         records = []
         for (image_id, image), (_, path), name in zip(loader, items, names, strict=True):

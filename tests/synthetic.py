@@ -101,3 +101,19 @@ def tiny_config(root: Path, out: Path, kind: str = "mask_folder", **sections) ->
     for section, values in sections.items():
         config[section] = {**config.get(section, {}), **values}
     return config
+
+
+def frozen_config(root: Path, out: Path, **train) -> dict:
+    """A holdout tiny_config whose model cannot change: weights (negligible lr) and BN
+    running statistics (negligible momentum) frozen, so val mIoU never improves after the
+    first validation (for early-stopping tests)."""
+    raw = tiny_config(
+        root,
+        out,
+        split={"method": "holdout"},
+        optimizer={"name": "sgd", "lr": 1e-20},
+        scheduler={"name": "none"},
+        train=train,
+    )
+    raw["model"]["bn_momentum"] = 1e-9
+    return raw

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from synthetic import make_mask_folder, tiny_config
+from synthetic import frozen_config, make_mask_folder, tiny_config
 
 import segarena.train.averaging as averaging
 import segarena.train.fit as fit
@@ -244,16 +244,9 @@ def test_save_top_k_one_writes_no_top_folder(tmp_path):
 
 def test_early_stop_before_swa_starts_leaves_no_swa_checkpoint(tmp_path, capsys):
     data = make_mask_folder(tmp_path / "data", n=8)
-    # frozen weights (as test_training_options): val mIoU stops improving after epoch 1
-    raw = tiny_config(
-        data,
-        tmp_path / "runs",
-        split={"method": "holdout"},
-        optimizer={"name": "sgd", "lr": 1e-20},
-        scheduler={"name": "none"},
-        train={"epochs": 10, "early_stopping": 2, "swa": {"start_epoch": 5}},
-    )
-    raw["model"]["bn_momentum"] = 1e-9
+    # frozen weights: val mIoU stops improving after epoch 1
+    swa = {"start_epoch": 5}
+    raw = frozen_config(data, tmp_path / "runs", epochs=10, early_stopping=2, swa=swa)
     run_dir = train(config_from_dict(raw), tmp_path / "runs")
     assert len(history(run_dir)) == 3
     assert "stopped at epoch 3, before swa.start_epoch=5; no swa.ckpt" in capsys.readouterr().out

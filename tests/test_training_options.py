@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from synthetic import make_mask_folder, tiny_config
+from synthetic import frozen_config, make_mask_folder, tiny_config
 
 from segarena.config import config_from_dict, load_config
 from segarena.errors import UserError
@@ -37,17 +37,7 @@ def history(run_dir):
 
 def test_early_stopping_ends_the_run_after_patience(tmp_path):
     data = make_mask_folder(tmp_path / "data", n=8)
-    # weights (negligible lr) and BN running stats (negligible momentum) frozen: val mIoU
-    # cannot improve after the first validation
-    raw = tiny_config(
-        data,
-        tmp_path / "runs",
-        split={"method": "holdout"},
-        optimizer={"name": "sgd", "lr": 1e-20},
-        scheduler={"name": "none"},
-        train={"epochs": 10, "early_stopping": 2},
-    )
-    raw["model"]["bn_momentum"] = 1e-9
+    raw = frozen_config(data, tmp_path / "runs", epochs=10, early_stopping=2)
     run_dir = train(config_from_dict(raw), tmp_path / "runs")
     assert [r["epoch"] for r in history(run_dir)] == [1, 2, 3]
     summary = json.loads((run_dir / "summary.json").read_text())

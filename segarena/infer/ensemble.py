@@ -64,12 +64,6 @@ def pick_device(device: str) -> torch.device:
         raise UserError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N") from None
 
 
-def _fold_checkpoints(run_dir: Path, checkpoint: str) -> list[tuple[int, Path]]:
-    """(fold, path) of every `checkpoint` (a CHECKPOINT_KINDS name) in a run directory;
-    `top` gives several per fold (the epoch ensemble), all members of the run."""
-    return fold_checkpoints(run_dir, checkpoint)
-
-
 def _load_model(config: Config, path: Path, device: torch.device) -> nn.Module:
     model = build_model(
         config.model.model_copy(update={"encoder_weights": None}), config.data.num_classes
@@ -110,7 +104,7 @@ def load_members(
             )
         checkpoints = [
             path
-            for fold, path in _fold_checkpoints(run_dir, checkpoint)
+            for fold, path in fold_checkpoints(run_dir, checkpoint)
             if folds is None or fold in folds
         ]
         if not checkpoints:

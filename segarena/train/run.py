@@ -52,9 +52,22 @@ def debug_config(config: Config) -> Config:
     return config_from_dict(raw, source="--debug")
 
 
+def run_pseudo_samples(config: Config, samples: list[Sample], debug: bool) -> list[Sample]:
+    """data.pseudo's training samples (a seeded subset under --debug), checked once a run."""
+    limit = config.train.debug_samples if debug else None
+    return pseudo_samples(config.data, samples, limit, config.train.seed)
+
+
 def fold_data(
-    samples: list[Sample], folds: list[int], fold: int, config: Config, debug: bool
+    samples: list[Sample],
+    folds: list[int],
+    fold: int,
+    config: Config,
+    debug: bool,
+    pseudo: list[Sample] | None = None,
 ) -> FoldData:
+    """Fold `fold`'s training and validation samples; `pseudo` (data.pseudo's samples, read
+    here when not given) join the training set only."""
     train_idx, val_idx = fold_indices(folds, fold)
     if debug:  # a small, seeded subset keeps a debug run to seconds
         rng = random.Random(config.train.seed)
@@ -64,8 +77,7 @@ def fold_data(
     # data.cleanse edits (or drops) training samples only: validation masks stay as given
     train = cleanse_training([samples[i] for i in train_idx], config.data)
     # data.pseudo: model-labelled images train every fold; they never validate
-    limit = config.train.debug_samples if debug else None
-    train += pseudo_samples(config.data, samples, limit, config.train.seed)
+    train += run_pseudo_samples(config, samples, debug) if pseudo is None else pseudo
     if not train or not val_idx:
         raise UserError(
             f"fold {fold} has {len(train)} training and {len(val_idx)} "
@@ -138,10 +150,10 @@ def train(
     fabric.print(f"run directory: {run_dir}")
     try:
         results = []
+        pseudo = run_pseudo_samples(config, samples, debug)
         for k in run_info["folds"]:
-            data = fold_data(samples, folds, k, config, debug)
-            pseudo = sum(s.id.startswith("pseudo:") for s in data.train)
-            extra = f" ({pseudo} pseudo-labelled)" if config.data.pseudo else ""
+            data = fold_data(samples, folds, k, config, debug, pseudo)
+            extra = f" ({len(pseudo)} pseudo-labelled)" if config.data.pseudo else ""
             fabric.print(f"fold {k}: {len(data.train)} train{extra} / {len(data.val)} val images")
             results.append(fit_fold(config, fabric, data, run_dir / f"fold_{k}", k, tracker))
         summary = summarize(config, results)
