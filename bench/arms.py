@@ -1,8 +1,5 @@
-"""Shared by the CamVid benchmarks: probe a recipe's speed, fit epochs to a wall-clock
-budget, train one arm with segarena and collect its scores.
-
-A cosine schedule must know its length in advance, so a budget cannot just stop a run:
-a short probe measures training images/s and sets the epoch count instead.
+"""Shared by the CamVid benchmarks: train one arm of the recipe within a wall-clock budget
+(train.budget_min) and collect its scores; `probe` measures a pipeline's training speed.
 """
 
 from __future__ import annotations
@@ -16,7 +13,7 @@ from lightning_fabric import Fabric
 from segarena.config import Config, SchedulerConfig, load_config
 from segarena.data.dataset import train_loader
 from segarena.data.mixing import build_mixer
-from segarena.data.readers import Sample, read_samples
+from segarena.data.readers import Sample
 from segarena.losses import build_loss
 from segarena.models import build_model
 from segarena.optim import build_optimizer, build_scheduler
@@ -64,35 +61,22 @@ def probe(config: Config, samples: list[Sample], batches: int = 4, workers: int 
     return (s1 - s0) * config.train.batch_size / (t1 - t0), stats.data_wait / stats.seconds
 
 
-def calibrated_epochs(speed: float, n_train: int, n_val: int, budget_min: float) -> int:
-    """Epochs that fit the budget at `speed` training images/s."""
-    # One validation pass costs about a third of a training pass per image (no backward).
-    epoch_s = n_train / speed + n_val / (3 * speed) / 2  # validating every other epoch
-    return max(1, int(budget_min * 60 * 0.92 / epoch_s))  # 8% for start-up and OOF
-
-
 def run_arm(name: str, overrides: list[str], budget_min: float, out: Path) -> dict:
-    """Probe, calibrate and train one arm of the recipe; its scores, epochs and wall time."""
-    config = load_config(RECIPE, overrides)
-    samples = read_samples(config.data, config.split)
-    train_samples = [s for s in samples if s.role == "train"]
-    speed, _ = probe(config, train_samples)
-    epochs = calibrated_epochs(
-        speed, len(train_samples), len(samples) - len(train_samples), budget_min
-    )
-    print(f"{name}: probe {speed:.2f} train images/s -> {epochs} epochs", flush=True)
+    """Train one arm of the recipe under train.budget_min (segarena measures its own speed
+    and fits the epochs); its scores, epochs and wall time."""
     config = load_config(
-        RECIPE, [*overrides, f"train.epochs={epochs}", f"train.val_every={2 if epochs > 2 else 1}"]
+        RECIPE, [*overrides, "train.epochs=null", f"train.budget_min={budget_min}"]
     )
     start = time.perf_counter()
     run_dir = train(config, out)
     minutes = (time.perf_counter() - start) / 60
     summary = json.loads((run_dir / "summary.json").read_text())
+    plan = json.loads((run_dir / "fold_0" / "plan.json").read_text())
     return {
         "arm": name,
         "overrides": overrides,
-        "epochs": epochs,
-        "probe_images_per_s": speed,
+        "epochs": plan["epochs"],
+        "probe_images_per_s": plan["train_images_per_s"],
         "train_images_per_s": summary["train_images_per_s"],
         "minutes": minutes,
         "miou": summary["miou"],

@@ -76,8 +76,14 @@ class SwaConfig(Strict):
     anneal_strategy: Literal["cos", "linear"] = "cos"
 
 
+DEFAULT_EPOCHS = 30
+
+
 class TrainConfig(Strict):
-    epochs: int = Field(30, ge=1)
+    # epochs, or budget_min: minutes of wall clock (validation included) that segarena fits
+    # the epoch count and the lr schedule to, from its measured speed; one of the two
+    epochs: int | None = Field(None, ge=1)  # null -> 30 without budget_min
+    budget_min: float | None = Field(None, gt=0)
     batch_size: int = Field(8, ge=1)
     accumulate: int = Field(1, ge=1)  # gradient accumulation steps
     grad_clip: float | None = Field(None, gt=0)  # max gradient norm
@@ -96,9 +102,23 @@ class TrainConfig(Strict):
     swa: SwaConfig | None = None  # null = off
     save_top_k: int = Field(1, ge=1)  # k >= 2 also keeps fold_<k>/top/epoch_<e>.ckpt (k best)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _epochs_or_budget(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        epochs, budget = raw.get("epochs"), raw.get("budget_min")
+        if epochs is not None and budget is not None:
+            raise ValueError(
+                f"train.epochs={epochs} and train.budget_min={budget} are exclusive: "
+                "budget_min chooses the epochs to fit the minutes; set the other one to null "
+                "(e.g. --set train.epochs=null)"
+            )
+        return {**raw, "epochs": DEFAULT_EPOCHS} if epochs is None and budget is None else raw
+
     @model_validator(mode="after")
     def _swa_within_training(self) -> TrainConfig:
-        if self.swa is not None and self.swa.start_epoch > self.epochs:
+        if self.swa is not None and self.epochs is not None and self.swa.start_epoch > self.epochs:
             raise ValueError(
                 f"train.swa.start_epoch={self.swa.start_epoch} is after the last epoch: "
                 f"expected 1..train.epochs={self.epochs} (the first epoch averaged into swa.ckpt)"

@@ -26,6 +26,15 @@ from torch import Tensor, nn
 from segarena.config import ModelConfig
 from segarena.downconv import SpaceToDepth, widen_stem
 from segarena.errors import UserError
+from segarena.hub import hub_access
+from segarena.pretrained import (
+    PACKAGED_SET,
+    is_lukemelas_layout,
+    lite_name,
+    lukemelas_to_timm,
+    packaged_file,
+    sha256,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +58,19 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> nn.
     arch = _check_arch(cfg.arch)
     _check_encoder(cfg.encoder)
     _check_kwargs(arch, cfg.encoder, cfg.kwargs)
-    local_file = _local_weights(cfg.encoder, cfg.encoder_weights)
+    local_file = weights_file(cfg.encoder, cfg.encoder_weights)
     smp_weights = None if local_file is not None else _smp_weights(cfg.encoder, cfg.encoder_weights)
     try:
-        model = smp.create_model(
-            arch,
-            encoder_name=cfg.encoder,
-            encoder_weights=smp_weights,
-            # downconv k: the net sees k*k pixels per input pixel and predicts k*k per output
-            in_channels=in_channels * cfg.downconv**2,
-            classes=num_classes * cfg.downconv**2,
-            **cfg.kwargs,
-        )
+        with hub_access(cfg.encoder, cfg.encoder_weights if smp_weights else None):
+            model = smp.create_model(
+                arch,
+                encoder_name=cfg.encoder,
+                encoder_weights=smp_weights,
+                # downconv k: the net sees k*k pixels per input pixel, predicts k*k per output
+                in_channels=in_channels * cfg.downconv**2,
+                classes=num_classes * cfg.downconv**2,
+                **cfg.kwargs,
+            )
     except (TypeError, ValueError, KeyError, AssertionError) as exc:
         # SMP and timm reject impossible combinations (e.g. an encoder that cannot dilate
         # to DeepLabV3+'s output stride 16) with bare errors; say which config made them.
@@ -76,6 +86,18 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> nn.
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.momentum = cfg.bn_momentum
     return model if cfg.downconv == 1 else SpaceToDepth(model, cfg.downconv)
+
+
+def weights_record(cfg: ModelConfig) -> dict[str, str | None]:
+    """What `cfg.encoder_weights` loads, for env.json and run.json: the setting, and the file
+    with its sha256 when it is a local or packaged file (hub sets are named by the setting)."""
+    path = weights_file(cfg.encoder, cfg.encoder_weights)
+    return {
+        "encoder": cfg.encoder,
+        "encoder_weights": cfg.encoder_weights,
+        "file": None if path is None else str(path.resolve()),
+        "sha256": None if path is None else sha256(path),
+    }
 
 
 def _check_arch(arch: str) -> str:
@@ -146,8 +168,11 @@ def _did_you_mean(hints: list[str]) -> str:
     return f"; did you mean {' or '.join(repr(h) for h in hints)}?" if hints else ""
 
 
-def _local_weights(encoder: str, weights: str | None) -> Path | None:
-    """The local file `weights` names, or None when it is None or a named weight set."""
+def weights_file(encoder: str, weights: str | None) -> Path | None:
+    """The local file that `weights` selects: the packaged ImageNet file for a lite encoder's
+    "imagenet" (segarena.pretrained), a file path, or None for null and hub weight sets."""
+    if weights == PACKAGED_SET and lite_name(encoder) is not None:
+        return packaged_file(encoder)
     if weights is None or weights in _weight_names(encoder):
         return None
     path = Path(weights).expanduser()
@@ -196,7 +221,10 @@ def load_encoder_weights(model: nn.Module, path: str | Path, stem_factor: int = 
     path = Path(path)
     encoder = (model.net if isinstance(model, SpaceToDepth) else model).encoder
     own = encoder.state_dict()
-    state = _encoder_keys(read_state_dict(path), list(own))
+    state = read_state_dict(path)
+    if is_lukemelas_layout(state):  # EfficientNet(-Lite) files of lukemelas' layout
+        state = lukemelas_to_timm(state, list(own))
+    state = _encoder_keys(state, list(own))
     if stem_factor > 1:
         state = {k: widen_stem(v, own.get(k), stem_factor) for k, v in state.items()}
     common = [k for k in own if k in state]

@@ -174,6 +174,11 @@ class Tracker:
         ]
         self.client.log_batch(self.run_id, metrics=rows)
 
+    def discard(self) -> None:
+        """Delete the MLflow run of a run directory that never started training."""
+        if self.enabled:
+            self.client.delete_run(self.run_id)
+
     def finish(self, summary_path: Path | None, status: str = "FINISHED") -> None:
         if not self.enabled:
             return

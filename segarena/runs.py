@@ -111,7 +111,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         "image_size": "native" if size is None else "x".join(str(v) for v in size),
         "loss": _loss(config),
         "lr": config.get("optimizer", {}).get("lr"),
-        "epochs": config.get("train", {}).get("epochs"),
+        "epochs": _epochs(config.get("train", {})),
         "folds": " ".join(str(k) for k in folds) + (f" of {n_folds}" if n_folds else ""),
         "cv_miou": summary.get("miou_mean"),
         "cv_miou_std": summary.get("miou_std"),
@@ -119,6 +119,13 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         "train_seconds": round(seconds, 1),
         "path": str(run_dir),
     }
+
+
+def _epochs(train: dict[str, Any]) -> Any:
+    """The epoch count, or the budget that chose it (train.budget_min)."""
+    return train.get("epochs") or (
+        f"{train['budget_min']:g} min" if train.get("budget_min") else None
+    )
 
 
 def list_runs(out: Path) -> list[dict[str, Any]]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,13 @@ from segarena.oof import PerImageRecorder, oof_name
 from segarena.optim import build_optimizer, build_scheduler
 from segarena.records import Tracker, append_jsonl, read_jsonl, write_json_atomic
 from segarena.train.averaging import Averaging, bn_images
+from segarena.train.budget import BudgetTooSmall, Plan, plan_fold
 from segarena.train.checkpoint import load_checkpoint, save_atomic, unwrap
 from segarena.train.loop import train_one_epoch, validate
 from segarena.train.progress import EpochProgress
+
+# train.budget_min builds the fold before its epochs are known; the schedule is rebuilt
+PROVISIONAL_EPOCHS = 1000
 
 
 @dataclass
@@ -105,8 +110,11 @@ class FoldParts:
     averaging: Averaging  # EMA, SWA, top-k
 
 
-def build_parts(config: Config, fabric: Fabric, data: FoldData, fold_dir: Path) -> FoldParts:
-    """Datasets, loaders, model, optimizer, schedule, loss, mixer and averaging of one fold."""
+def build_parts(
+    config: Config, fabric: Fabric, data: FoldData, fold_dir: Path, epochs: int
+) -> FoldParts:
+    """Datasets, loaders, model, optimizer, schedule (over `epochs`), loss, mixer and
+    averaging of one fold."""
     cfg_train, cfg_data = config.train, config.data
     seed_everything(cfg_train.seed)
     train_ds = train_dataset(config, data.train)
@@ -121,8 +129,7 @@ def build_parts(config: Config, fabric: Fabric, data: FoldData, fold_dir: Path) 
     if cfg_train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, config.optimizer)
-    updates_per_epoch = math.ceil(len(loader) / cfg_train.accumulate)
-    scheduler = build_scheduler(optimizer, config.scheduler, cfg_train.epochs, updates_per_epoch)
+    scheduler = fold_scheduler(config, optimizer, len(loader), epochs)
     model, optimizer = fabric.setup(model, optimizer)
     return FoldParts(
         model=model,
@@ -139,6 +146,11 @@ def build_parts(config: Config, fabric: Fabric, data: FoldData, fold_dir: Path) 
     )
 
 
+def fold_scheduler(config: Config, optimizer, loader_steps: int, epochs: int):
+    updates_per_epoch = math.ceil(loader_steps / config.train.accumulate)
+    return build_scheduler(optimizer, config.scheduler, epochs, updates_per_epoch)
+
+
 def reseed(parts: FoldParts, seed: int) -> None:
     """Seed all an epoch draws from: batch order, augmentations, dropout, random tiles."""
     seed_everything(seed)
@@ -149,7 +161,9 @@ def reseed(parts: FoldParts, seed: int) -> None:
 def restore(parts: FoldParts, fabric: Fabric, fold_dir: Path, fold: int) -> dict[str, Any]:
     """The fold's loop state, resumed from last.ckpt when a killed run left one."""
     # top: the top-k ranking, [epoch, val mIoU] pairs (segarena.train.averaging.TopK)
-    state = {"epoch": 0, "num_updates": 0, "best_miou": -1.0, "best_epoch": 0, "bad": 0, "top": []}
+    # seconds: the fold's training time over every session, for train.budget_min
+    state = {"epoch": 0, "num_updates": 0, "best_miou": -1.0, "best_epoch": 0, "bad": 0, "top": [],
+             "seconds": 0.0}  # fmt: skip
     last_path, metrics_path = fold_dir / "last.ckpt", fold_dir / "metrics.jsonl"
     if last_path.is_file():
         ckpt = load_checkpoint(last_path)
@@ -220,28 +234,83 @@ def save_epoch(
     fabric.barrier()
 
 
+def plan_budget(
+    config: Config, fabric: Fabric, parts: FoldParts, data: FoldData, budget_s: float, fold: int
+) -> Plan:
+    """train.budget_min: time this fold's first steps and validation batches, choose its
+    epochs for `budget_s` seconds, and rebuild the lr schedule over them."""
+    cfg_train, cfg_data = config.train, config.data
+
+    def train_steps(loader, on_step) -> None:
+        train_one_epoch(
+            fabric, parts.model, loader, parts.loss_fn, parts.optimizer, parts.scheduler, 0, 0,
+            parts.norm, accumulate=cfg_train.accumulate, grad_clip=cfg_train.grad_clip,
+            channels_last=cfg_train.channels_last, on_step=on_step, mixer=parts.mixer,
+        )  # fmt: skip
+
+    def validate_batches(loader, on_probs) -> None:
+        with fabric.autocast():
+            validate(
+                fabric, parts.model, loader, cfg_data.num_classes, cfg_data.ignore_index,
+                parts.norm, on_probs=on_probs,
+            )  # fmt: skip
+
+    plan = plan_fold(
+        fabric, budget_s, fold, cfg_train.val_every, cfg_train.swa is not None, train_steps,
+        validate_batches, parts, len(data.val), cfg_train.batch_size,
+    )  # fmt: skip
+    plan.epochs = fabric.broadcast(plan.epochs, src=0)  # every rank trains rank 0's plan
+    if cfg_train.swa is not None and cfg_train.swa.start_epoch > plan.epochs:
+        raise BudgetTooSmall(
+            f"train.swa.start_epoch={cfg_train.swa.start_epoch}: fold {fold}'s budget fits only "
+            f"{plan.epochs} epochs; lower start_epoch or raise train.budget_min"
+        )
+    parts.scheduler = fold_scheduler(config, parts.optimizer, len(parts.loader), plan.epochs)
+    return plan
+
+
 def fit_fold(
-    config: Config, fabric: Fabric, data: FoldData, fold_dir: Path, fold: int, tracker: Tracker
+    config: Config,
+    fabric: Fabric,
+    data: FoldData,
+    fold_dir: Path,
+    fold: int,
+    tracker: Tracker,
+    budget_s: float | None = None,
 ) -> dict[str, Any]:
     """Train fold `fold` into `fold_dir`, resuming from its last.ckpt if present.
 
+    With train.budget_min, `budget_s` is the fold's share of it: the epochs are planned from
+    measured speed on the first fold start (plan.json) and kept on resume.
     Returns the fold's result (also written to fold_dir/result.json): best epoch and mIoU,
-    the scores of the best weights, and training throughput.
+    the scores of the best weights, training throughput and seconds.
     """
+    started = time.perf_counter()
     fold_dir.mkdir(parents=True, exist_ok=True)
     result_path = fold_dir / "result.json"
     if result_path.is_file():  # finished before a resume: nothing left to do
         return json.loads(result_path.read_text())
     cfg_train = config.train
-    parts = build_parts(config, fabric, data, fold_dir)
+    plan = Plan.load(fold_dir / "plan.json")
+    epochs = plan.epochs if plan is not None else cfg_train.epochs
+    parts = build_parts(config, fabric, data, fold_dir, epochs or PROVISIONAL_EPOCHS)
+    if epochs is None:
+        assert budget_s is not None, "train.budget_min needs the fold's share of it"
+        plan = plan_budget(
+            config, fabric, parts, data, budget_s - (time.perf_counter() - started), fold
+        )
+        epochs = plan.epochs
+        if fabric.is_global_zero:
+            plan.save(fold_dir / "plan.json")
     state = restore(parts, fabric, fold_dir, fold)
+    seconds_before = state["seconds"]
     progress = EpochProgress(enabled=fabric.is_global_zero)
-    for epoch in range(state["epoch"], cfg_train.epochs):
+    for epoch in range(state["epoch"], epochs):
         # Reseeding per epoch makes epoch e's batches, augmentations and dropout the same
         # whether or not the run was resumed before it: no RNG state needs saving.
         reseed(parts, cfg_train.seed + epoch)
         schedule = parts.averaging.schedule(epoch + 1, parts.scheduler)  # SWALR from swa start
-        with progress.epoch(fold, epoch + 1, cfg_train.epochs, len(parts.loader)) as on_step:
+        with progress.epoch(fold, epoch + 1, epochs, len(parts.loader)) as on_step:
             stats, state["num_updates"] = train_one_epoch(
                 fabric, parts.model, parts.loader, parts.loss_fn, parts.optimizer,
                 schedule, epoch, state["num_updates"], parts.norm,
@@ -259,23 +328,29 @@ def fit_fold(
             "seconds": stats.seconds,
         }
         metric = None
-        if (epoch + 1) % cfg_train.val_every == 0 or epoch + 1 == cfg_train.epochs:
+        if (epoch + 1) % cfg_train.val_every == 0 or epoch + 1 == epochs:
             metric = validate_epoch(config, fabric, parts, state, record, fold_dir / "best.ckpt")
         schedule.step_epoch(epoch + 1, metric)
         state["epoch"] = epoch + 1
+        state["seconds"] = seconds_before + time.perf_counter() - started
         stop = cfg_train.early_stopping is not None and state["bad"] >= cfg_train.early_stopping
         progress.summary(fold, record, state["best_miou"], stop)
         save_epoch(fabric, parts, state, record, fold_dir, fold, tracker)
         if stop:
             break
-    return finish_fold(config, fabric, parts, data.val, fold_dir, fold)
+    result = finish_fold(config, fabric, parts, data.val, fold_dir, fold, epochs)
+    result["seconds"] = seconds_before + time.perf_counter() - started
+    result["plan"] = None if plan is None else asdict(plan)
+    if fabric.is_global_zero:
+        write_json_atomic(result_path, result)
+    return result
 
 
-def finish_fold(config, fabric, parts: FoldParts, val_samples, fold_dir, fold) -> dict:
+def finish_fold(config, fabric, parts: FoldParts, val_samples, fold_dir, fold, epochs) -> dict:
     """Write ema.ckpt / swa.ckpt, then score the best weights once more, writing OOF
-    probabilities and the fold result."""
+    probabilities and the per-image matrices; returns the fold result."""
     history = read_jsonl(fold_dir / "metrics.jsonl")
-    reseed(parts, config.train.seed + config.train.epochs)  # SWA's BN update draws batches
+    reseed(parts, config.train.seed + epochs)  # SWA's BN update draws batches
     averaged = parts.averaging.finish(
         fabric, bn_images(parts.loader, parts.norm, config.train.channels_last),
         lambda model: val_matrix(config, fabric, parts, model),
@@ -304,5 +379,4 @@ def finish_fold(config, fabric, parts: FoldParts, val_samples, fold_dir, fold) -
     }
     if fabric.is_global_zero:
         per_image.save(fold_dir)  # before result.json: a finished fold always has it
-        write_json_atomic(fold_dir / "result.json", result)
     return result

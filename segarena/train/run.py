@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from segarena.data.folds import fold_indices, load_or_create_folds, read_folds
 from segarena.data.readers import Sample, read_samples
 from segarena.errors import TrainingError, UserError
 from segarena.metrics import scores
+from segarena.models import build_model, weights_record
 from segarena.pseudo_data import pseudo_records, pseudo_samples, pseudo_summary
 from segarena.records import (
     Tracker,
@@ -26,6 +28,7 @@ from segarena.records import (
     write_json_atomic,
     write_text_atomic,
 )
+from segarena.train.budget import BudgetTooSmall, budget_line, budget_summary
 from segarena.train.fit import FoldData, fit_fold
 
 
@@ -46,7 +49,7 @@ def select_folds(config: Config, fold: int | None, all_folds: bool) -> list[int]
 def debug_config(config: Config) -> Config:
     """--debug: 2 epochs, validation every epoch, no early stopping."""
     raw = config.model_dump(mode="json")
-    raw["train"].update(epochs=2, val_every=1, early_stopping=None)
+    raw["train"].update(epochs=2, budget_min=None, val_every=1, early_stopping=None)
     if raw["train"].get("swa"):  # SWA still runs, from epoch 2 at the latest
         raw["train"]["swa"]["start_epoch"] = min(raw["train"]["swa"]["start_epoch"], 2)
     return config_from_dict(raw, source="--debug")
@@ -132,6 +135,7 @@ def train(
     resume: Path | None = None,
 ) -> Path:
     """Run (or resume) training; returns the run directory holding summary.json."""
+    started = time.perf_counter()
     if resume is not None:
         config, run_info, samples, folds = resume_run(resume)
         run_dir, out = resume, resume.parent.parent
@@ -141,32 +145,64 @@ def train(
         config = debug_config(config) if debug else config
         samples = read_samples(config.data, config.split)
         folds_to_train = select_folds(config, fold, all_folds)
+        # a model (and weights) that cannot be built fails here, before any file is written
+        build_model(config.model, config.data.num_classes)
         run_dir, run_info, folds = start_run(config, out, folds_to_train, debug, samples)
     fabric = make_fabric(config)
-    write_json_atomic(run_dir / "env.json", environment(str(fabric.device), config.train.seed))
+    weights = weights_record(config.model)
+    env = environment(str(fabric.device), config.train.seed)
+    write_json_atomic(run_dir / "env.json", {**env, "weights": weights})
+    run_info["weights"] = weights
     tracker = Tracker(config, out, run_dir, run_info.get("mlflow_run_id"))
     run_info["mlflow_run_id"] = tracker.run_id
     write_json_atomic(run_dir / "run.json", run_info)
     fabric.print(f"run directory: {run_dir}")
     try:
-        results = []
+        results, in_folds = [], 0.0  # in_folds: this session's seconds inside fit_fold
         pseudo = run_pseudo_samples(config, samples, debug)
         for k in run_info["folds"]:
             data = fold_data(samples, folds, k, config, debug, pseudo)
             extra = f" ({len(pseudo)} pseudo-labelled)" if config.data.pseudo else ""
             fabric.print(f"fold {k}: {len(data.train)} train{extra} / {len(data.val)} val images")
-            results.append(fit_fold(config, fabric, data, run_dir / f"fold_{k}", k, tracker))
+            outside_folds = time.perf_counter() - started - in_folds
+            share = fold_budget_s(config, results, len(run_info["folds"]), outside_folds)
+            fold_start = time.perf_counter()
+            results.append(fit_fold(config, fabric, data, run_dir / f"fold_{k}", k, tracker, share))
+            in_folds += time.perf_counter() - fold_start
         summary = summarize(config, results)
+        if config.train.budget_min is not None:
+            outside_folds = time.perf_counter() - started - in_folds
+            summary["budget"] = budget_summary(config.train.budget_min, results, outside_folds)
+            fabric.print(budget_line(summary["budget"]))
         summary.update(pseudo_summary(run_info.get("pseudo", []), run_dir, run_info, summary))
         write_json_atomic(run_dir / "summary.json", summary)
         tracker.log_metrics({"miou": summary["miou"], "miou_std": summary["miou_std"]}, 0)
         tracker.finish(run_dir / "summary.json")
+    except BudgetTooSmall:
+        if resume is None and not results:  # nothing trained: leave no run behind
+            tracker.discard()
+            shutil.rmtree(run_dir)
+        else:
+            tracker.finish(None, status="FAILED")
+        raise
     except BaseException:
         tracker.finish(None, status="KILLED")
         raise
     if debug:
         check_loss_fell(results)
     return run_dir
+
+
+def fold_budget_s(
+    config: Config, results: list[dict], folds: int, outside_folds: float
+) -> float | None:
+    """train.budget_min: the next fold's seconds, an equal share of what is left. Spent are
+    the finished folds' own seconds (over every session, for a resumed run) and this
+    session's time outside the folds (start-up)."""
+    if config.train.budget_min is None:
+        return None
+    spent = outside_folds + sum(r["seconds"] for r in results)
+    return (config.train.budget_min * 60 - spent) / (folds - len(results))
 
 
 def make_fabric(config: Config) -> Fabric:
@@ -196,7 +232,7 @@ def summarize(config: Config, results: list[dict[str, Any]]) -> dict[str, Any]:
         "per_class_iou": dict(zip(config.data.classes, pooled["per_class_iou"])),
         "pixel_acc": pooled["pixel_acc"],
         "folds": [{k: r[k] for k in FOLD_KEYS if k in r} for r in results],
-        "epochs": config.train.epochs,
+        "epochs": config.train.epochs or [r["epochs"] for r in results],
         "train_images_per_s": float(np.mean([r["train_images_per_s"] for r in results])),
         "data_wait_share": float(np.mean([r["data_wait_share"] for r in results])),
         **swa_summary(results),

@@ -1,0 +1,108 @@
+"""train.budget_min: epochs chosen from measured speed, kept on resume; bad budgets exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from synthetic import make_mask_folder, tiny_config
+from test_cli_train import run_cli, write_config
+
+import segarena.train.fit as fit
+from segarena.config import config_from_dict, dump_config
+from segarena.errors import UserError
+from segarena.train.budget import choose_epochs, validations
+from segarena.train.run import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_validations_count_every_nth_epoch_and_the_last():
+    assert validations(10, 1) == 10
+    assert validations(10, 3) == 4  # 3, 6, 9 and 10
+    assert validations(9, 3) == 3
+
+
+def test_choose_epochs_takes_the_count_nearest_the_time():
+    # 60 s per epoch with its validation, 10 s to finish: 9 epochs = 550 s, 10 = 610 s
+    assert choose_epochs(600, 50, 10, 10, 1) == (10, 610)
+    assert choose_epochs(570, 50, 10, 10, 1) == (9, 550)
+    # validating every 4th epoch: 12 epochs = 12*50 + 3*10 + 10 = 640 s
+    assert choose_epochs(640, 50, 10, 10, 4) == (12, 640)
+    assert choose_epochs(30, 50, 10, 10, 1)[0] == 1  # never fewer than one
+
+
+def _budget_config(tmp_path, minutes, n=16):
+    data = make_mask_folder(tmp_path / "data", n=n)
+    raw = tiny_config(data, tmp_path / "runs", scheduler={"name": "cosine", "min_lr": 1e-5})
+    raw["train"].pop("epochs")
+    raw["train"]["budget_min"] = minutes
+    return raw
+
+
+def test_epochs_and_budget_are_exclusive_and_epochs_defaults_to_30(tmp_path):
+    raw = _budget_config(tmp_path, 1.0)
+    config = config_from_dict(raw)
+    assert config.train.epochs is None and config.train.budget_min == 1.0
+    assert yaml.safe_load(dump_config(config))["train"]["epochs"] is None  # resumes the same
+    raw["train"]["budget_min"] = None
+    assert config_from_dict(raw).train.epochs == 30
+    path = write_config(tmp_path / "c.yaml", _budget_config(tmp_path, 1.0))
+    result = run_cli("train", path, "--set", "train.epochs=5")
+    assert result.exit_code == 2
+    assert "exclusive" in result.output and "train.epochs=null" in result.output
+
+
+def test_a_budget_below_one_epoch_exits_2_and_leaves_no_run(tmp_path):
+    path = write_config(tmp_path / "c.yaml", _budget_config(tmp_path, 0.001))  # 0.06 s
+    result = run_cli("train", path)
+    assert result.exit_code == 2, result.output
+    assert "one epoch takes about" in result.output and "at least" in result.output
+    assert [p.name for p in (tmp_path / "runs" / "tiny").iterdir()] == ["folds.csv"]
+
+
+def test_budget_run_plans_epochs_fits_the_schedule_and_records_time(tmp_path):
+    run_dir = train(config_from_dict(_budget_config(tmp_path, 0.15)), tmp_path / "runs")
+    plan = json.loads((run_dir / "fold_0" / "plan.json").read_text())
+    history = [
+        json.loads(x) for x in (run_dir / "fold_0" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert plan["epochs"] >= 2 and len(history) == plan["epochs"]
+    assert history[-1]["lr"] == pytest.approx(1e-5)  # the cosine ends on the planned last epoch
+    assert plan["train_images_per_s"] > 0 and plan["planned_s"] <= 0.15 * 60 * 1.1
+    budget = json.loads((run_dir / "summary.json").read_text())["budget"]
+    assert budget["minutes"] == 0.15 and budget["epochs"] == [plan["epochs"]]
+    assert 0 < budget["used_s"] and budget["used_share"] == pytest.approx(budget["used_s"] / 9)
+
+
+def test_a_killed_budget_run_resumes_with_its_plan(tmp_path, monkeypatch):
+    config = config_from_dict(_budget_config(tmp_path, 0.15))
+    real_epoch = fit.train_one_epoch
+    calls = {"n": 0}
+
+    def killed_in_epoch_two(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # call 1 is the speed probe, 2 is epoch 1
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(fit, "train_one_epoch", killed_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "runs")
+    run_dir = next(p for p in (tmp_path / "runs" / "tiny").iterdir() if p.is_dir())
+    planned = json.loads((run_dir / "fold_0" / "plan.json").read_text())["epochs"]
+
+    calls["n"] = -100  # no more kills; count the calls of the resumed run
+    train(None, tmp_path / "runs", resume=run_dir)
+    assert calls["n"] == -100 + planned - 1  # epochs 2..planned, and no second probe
+    result = json.loads((run_dir / "fold_0" / "result.json").read_text())
+    assert result["epochs"] == planned and result["plan"]["epochs"] == planned
+
+
+def test_swa_start_after_the_budgeted_epochs_is_a_user_error(tmp_path):
+    raw = _budget_config(tmp_path, 0.15)
+    raw["train"]["swa"] = {"start_epoch": 500}
+    with pytest.raises(UserError, match="swa.start_epoch=500.*budget fits only"):
+        train(config_from_dict(raw), tmp_path / "runs")
+    assert [p.name for p in (tmp_path / "runs" / "tiny").iterdir()] == ["folds.csv"]
