@@ -15,7 +15,7 @@ export SEGARENA_DATA="$DATA"
 
 if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "GPU found: the full CamVid recipe, fold 0: 60 epochs at 352x480."
-  SCHEDULE=(--set train.budget_min=null --set train.epochs=60 --set 'data.image_size=[352,480]')
+  SCHEDULE=(--set train.epochs=60 --set 'data.image_size=[352,480]')
 else
   # The recipe's own budget is 25 minutes; the demo gives it 10, which segarena fits its
   # epochs to (train.budget_min: it times its first steps, then plans the schedule).

@@ -97,9 +97,24 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     return config_from_dict(apply_overrides(raw, overrides or []), source=str(path))
 
 
+# train.epochs and train.budget_min are exclusive: overriding one replaces the other
+SCHEDULE_KEYS = ("epochs", "budget_min")
+
+
 def apply_overrides(raw: dict[str, Any], pairs: list[str]) -> dict[str, Any]:
-    """A config dict with `--set key.sub=value` pairs applied (values parsed as YAML)."""
-    return _merge(raw, parse_overrides(pairs))
+    """A config dict with `--set key.sub=value` pairs applied (values parsed as YAML).
+
+    `--set train.epochs=N` on a file with train.budget_min (or the other way round)
+    switches the schedule: the file's other key is dropped, as a user asking for N epochs
+    means.
+    """
+    extra = parse_overrides(pairs)
+    given = [k for k in SCHEDULE_KEYS if extra.get("train", {}).get(k) is not None]
+    if len(given) == 1 and isinstance(raw.get("train"), dict):
+        other = SCHEDULE_KEYS[1 - SCHEDULE_KEYS.index(given[0])]
+        if other not in extra["train"]:
+            raw = {**raw, "train": {k: v for k, v in raw["train"].items() if k != other}}
+    return _merge(raw, extra)
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:

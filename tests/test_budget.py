@@ -10,7 +10,7 @@ from synthetic import make_mask_folder, tiny_config
 from test_cli_train import run_cli, write_config
 
 import segarena.train.fit as fit
-from segarena.config import config_from_dict, dump_config
+from segarena.config import config_from_dict, dump_config, load_config
 from segarena.errors import UserError
 from segarena.train.budget import choose_epochs, validations
 from segarena.train.run import train
@@ -48,10 +48,23 @@ def test_epochs_and_budget_are_exclusive_and_epochs_defaults_to_30(tmp_path):
     assert yaml.safe_load(dump_config(config))["train"]["epochs"] is None  # resumes the same
     raw["train"]["budget_min"] = None
     assert config_from_dict(raw).train.epochs == 30
-    path = write_config(tmp_path / "c.yaml", _budget_config(tmp_path, 1.0))
-    result = run_cli("train", path, "--set", "train.epochs=5")
+    both = _budget_config(tmp_path, 1.0)
+    both["train"]["epochs"] = 5
+    result = run_cli("train", write_config(tmp_path / "c.yaml", both))
     assert result.exit_code == 2
     assert "exclusive" in result.output and "train.epochs=null" in result.output
+
+
+def test_overriding_epochs_or_budget_switches_the_schedule(tmp_path):
+    path = write_config(tmp_path / "c.yaml", _budget_config(tmp_path, 1.0))
+    by_epochs = load_config(path, ["train.epochs=5"]).train
+    assert (by_epochs.epochs, by_epochs.budget_min) == (5, None)
+    raw = _budget_config(tmp_path, 1.0)
+    raw["train"] = {"epochs": 7}
+    by_budget = load_config(write_config(tmp_path / "e.yaml", raw), ["train.budget_min=3"]).train
+    assert (by_budget.epochs, by_budget.budget_min) == (None, 3.0)
+    with pytest.raises(UserError, match="exclusive"):  # both on the command line: ambiguous
+        load_config(path, ["train.epochs=5", "train.budget_min=2"])
 
 
 def test_a_budget_below_one_epoch_exits_2_and_leaves_no_run(tmp_path):
