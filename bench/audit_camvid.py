@@ -13,7 +13,7 @@
    without cleansing and once per --actions (data.cleanse ignore / relabel / drop; drop
    removes as many images as were corrupted): val mIoU of each.
 
-Note: val/ is sequence 0016E5, which train/ also holds (DESIGN.md section 5): the mIoU
+Note: val/ is sequence 0016E5, which train/ also holds: the mIoU
 figures compare the cleansing actions with each other, they are not honest absolute scores.
 
     python bench/audit_camvid.py [--data ../shared/data/camvid] [--share 0.1] [--epochs 30]

@@ -5,7 +5,7 @@ the epoch count so that the run fits the budget (bench/arms.py). Prints the val 
 and the wall time actually used.
 
 Note: val/ is sequence 0016E5, which train/ also holds, so this figure overstates what
-the model does on an unseen sequence (DESIGN.md section 5); grouped CV
+the model does on an unseen sequence; grouped CV
 (`segarena train configs/camvid.yaml --folds all`) is the honest number.
 
     python bench/camvid.py [--data ../shared/data/camvid] [--budget-min 10] [--size 192 256]

@@ -14,7 +14,7 @@ images/s and sets its epoch count so that the run fits the budget (a cosine sche
 must know its length in advance). Prints one line per arm and writes OUT/downconv.json.
 
 Note: val/ is sequence 0016E5, which train/ also holds, so both figures overstate what
-the models do on an unseen sequence (DESIGN.md section 5); compare the arms, not the
+the models do on an unseen sequence; compare the arms, not the
 absolute numbers.
 
     python bench/downconv.py [--data ../shared/data/camvid] [--budget-min 10] [--size 352 480]

@@ -9,7 +9,7 @@ on the 101 val/ frames at 360x480. Single-model rows are the mean over A's three
 models. The OOF rows score each train/ image with the models that did not train on its
 sequence (honest); tune-weights picks the A/B weights on those OOF probabilities.
 
-val/ is sequence 0016E5, which train/ also holds (DESIGN.md section 5): two of the three
+val/ is sequence 0016E5, which train/ also holds: two of the three
 fold models trained on its neighbouring frames, so val figures are optimistic; the rows
 compare inference choices with each other.
 

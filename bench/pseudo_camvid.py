@@ -11,7 +11,7 @@
 Prints the held-out mIoU of A and B, the pseudo-labels' kept share and accuracy, and the
 per-class gains of the biggest movers; writes OUT/pseudo_camvid.json.
 
-Note: train/ holds 0016E5 frames too (DESIGN.md section 5), and the pool's frames precede the
+Note: train/ holds 0016E5 frames too, and the pool's frames precede the
 held-out ones in the same drive: absolute scores are optimistic, and A and B share that bias.
 One seed per arm: a gain within about 0.01 is noise.
 

@@ -12,7 +12,7 @@ from test_cli_train import run_cli, write_config
 import segarena.train.fit as fit
 from segarena.config import config_from_dict, dump_config, load_config
 from segarena.errors import UserError
-from segarena.train.budget import choose_epochs, validations
+from segarena.train.budget import Plan, choose_epochs, replan, validations
 from segarena.train.run import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,6 +31,18 @@ def test_choose_epochs_takes_the_count_nearest_the_time():
     # validating every 4th epoch: 12 epochs = 12*50 + 3*10 + 10 = 640 s
     assert choose_epochs(640, 50, 10, 10, 4) == (12, 640)
     assert choose_epochs(30, 50, 10, 10, 1)[0] == 1  # never fewer than one
+
+
+def test_replan_after_epoch_one_uses_its_measured_time():
+    plan = Plan(budget_s=600, epochs=12, planned_s=600, probe_s=5, train_epoch_s=40, val_s=10,
+                train_images_per_s=10.0)  # fmt: skip
+    # 70 s spent; 530 left at 60 s per epoch (50 + its validation) + 10 s to finish: 9 more
+    new = replan(plan, 70, epoch_s=50, val_every=1, swa=False, validated=False)
+    assert (new.epochs, new.planned_s, new.replanned) == (10, 620, True)
+    assert new.train_epoch_s == 50 and new.budget_s == 600
+    # nothing left: a validated epoch 1 may be the last, an unvalidated one may not
+    assert replan(plan, 600, 50, 1, False, validated=True).epochs == 1
+    assert replan(plan, 600, 50, 1, False, validated=False).epochs == 2
 
 
 def _budget_config(tmp_path, minutes, n=16):
@@ -96,7 +108,7 @@ def test_a_killed_budget_run_resumes_with_its_plan(tmp_path, monkeypatch):
 
     def killed_in_epoch_two(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 3:  # call 1 is the speed probe, 2 is epoch 1
+        if calls["n"] == 2:  # in epoch 2 (the speed probe calls the loop through budget.py)
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 

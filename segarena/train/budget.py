@@ -3,7 +3,8 @@
 A fold first times a few steps of its own training loader (the real workers, augmentations,
 precision and model) and a few batches of its validation, then picks the epoch count whose
 predicted time, validations and the final scoring included, comes nearest to its share of
-the budget. The plan is saved (plan.json) so that a resumed fold keeps its schedule.
+the budget. After epoch 1 the count is corrected once from that epoch's own time. The plan
+is saved (plan.json) so that a resumed fold keeps its schedule.
 """
 
 from __future__ import annotations
@@ -15,12 +16,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning_fabric import Fabric
 
+from segarena.config import Config, TrainConfig
 from segarena.errors import UserError
+from segarena.optim import build_scheduler
 from segarena.records import write_json_atomic
+from segarena.train.checkpoint import unwrap
+from segarena.train.loop import train_one_epoch, validate
+
+if TYPE_CHECKING:  # fit.py builds the parts and imports this module
+    from segarena.train.fit import FoldParts
 
 PROBE_TRAIN_STEPS = 8  # timed training steps; the first WARM_STEPS are not counted
 WARM_STEPS = 2  # worker start, first decodes, allocator and oneDNN warm-up
@@ -39,6 +47,7 @@ class Plan:
     train_epoch_s: float
     val_s: float  # one validation pass
     train_images_per_s: float
+    replanned: bool = False  # epochs corrected from the first epoch's own time
 
     def save(self, path: Path) -> None:
         write_json_atomic(path, asdict(self))
@@ -73,10 +82,8 @@ class FirstBatches:
 
 
 def time_training(train_steps, parts, steps: int) -> tuple[float, float]:
-    """(seconds before the first step ends, seconds per later step) over `steps` real
-    training steps; the model and optimizer are put back as they were afterwards."""
-    from segarena.train.checkpoint import unwrap
-
+    """(seconds the first steps take beyond the steady pace, seconds per later step) over
+    `steps` real training steps; the model and optimizer are put back afterwards."""
     model_state = copy.deepcopy(unwrap(parts.model).state_dict())
     optimizer_state = copy.deepcopy(parts.optimizer.state_dict())
     marks: list[float] = []
@@ -87,7 +94,8 @@ def time_training(train_steps, parts, steps: int) -> tuple[float, float]:
     warm = min(WARM_STEPS, len(marks) - 1)
     first = marks[warm] - start
     per_step = (marks[-1] - marks[warm]) / (len(marks) - 1 - warm) if len(marks) > 1 + warm else 0
-    return first, (per_step or first / (warm + 1))
+    per_step = per_step or first / (warm + 1)
+    return max(first - (warm + 1) * per_step, 0.0), per_step
 
 
 def time_validation(validate_batches, vloader, batch_size: int) -> tuple[float, float]:
@@ -125,24 +133,22 @@ def choose_epochs(
 
 
 def plan_fold(
-    fabric: Fabric,
-    budget_s: float,
-    fold: int,
-    val_every: int,
-    swa: bool,
-    train_steps,
+    fabric: Fabric, train: TrainConfig, budget_s: float, fold: int, parts, train_steps,
     validate_batches,
-    parts,
-    n_val: int,
-    batch_size: int,
-) -> Plan:
-    """Measure this fold's speed and choose its epochs for `budget_s` seconds."""
+) -> Plan:  # fmt: skip
+    """Measure this fold's speed and choose its epochs for `budget_s` seconds.
+
+    `train_steps(loader, on_step)` trains over a loader and `validate_batches(loader,
+    on_probs)` validates one (the fold's own loop functions); `parts` is the fold's
+    FoldParts, whose model and optimizer the probe leaves as it found them.
+    """
     start = time.perf_counter()
     startup, per_step = time_training(train_steps, parts, PROBE_TRAIN_STEPS)
-    val_first, per_val_image = time_validation(validate_batches, parts.vloader, batch_size)
-    train_epoch_s = startup - per_step + per_step * len(parts.loader)
-    val_s = val_first + per_val_image * max(n_val - batch_size, 0)
-    finish_s = val_s * (2 if swa else 1)  # the final scoring (and SWA's own)
+    batch, n_val = train.batch_size, len(parts.vloader.dataset)
+    val_first, per_val_image = time_validation(validate_batches, parts.vloader, batch)
+    train_epoch_s = startup + per_step * len(parts.loader)
+    val_s = val_first + per_val_image * max(n_val - batch, 0)
+    finish_s = val_s * (2 if train.swa is not None else 1)  # final scoring (and SWA's own)
     probe_s = time.perf_counter() - start
     available = budget_s - probe_s
     one_epoch = train_epoch_s + val_s + finish_s
@@ -154,7 +160,7 @@ def plan_fold(
             f"probe); give each fold at least {(one_epoch + probe_s) / 60:.1f} min, or lower "
             "data.image_size"
         )
-    epochs, planned = choose_epochs(available, train_epoch_s, val_s, finish_s, val_every)
+    epochs, planned = choose_epochs(available, train_epoch_s, val_s, finish_s, train.val_every)
     images_per_s = parts.loader.batch_size / per_step if per_step else 0.0
     plan = Plan(budget_s, epochs, planned + probe_s, probe_s, train_epoch_s, val_s, images_per_s)
     fabric.print(
@@ -162,6 +168,83 @@ def plan_fold(
         f"{train_epoch_s:.0f} s per epoch, {val_s:.0f} s per validation -> {epochs} epochs "
         f"(planned {plan.planned_s / 60:.1f} min)"
     )
+    return plan
+
+
+def replan(
+    plan: Plan, fold_elapsed_s: float, epoch_s: float, val_every: int, swa: bool, validated: bool
+) -> Plan:
+    """After epoch 1: the epoch count again, from that epoch's own time. A whole epoch can
+    run slower than the probe's steady steps (its tail, loader restarts, a busier
+    machine); the lr has barely left its peak, so lengthening or shortening the cosine
+    now changes almost nothing else. `validated`: whether epoch 1 was validated."""
+    finish_s = plan.val_s * (2 if swa else 1)
+
+    def total(extra: int) -> float:
+        vals = validations(1 + extra, val_every) - validations(1, val_every)
+        return extra * epoch_s + vals * plan.val_s + finish_s
+
+    remaining = plan.budget_s - fold_elapsed_s
+    extra = 0 if validated else 1  # finishing needs a validated checkpoint
+    while total(extra + 1) - remaining < remaining - total(extra):
+        extra += 1
+    return Plan(
+        plan.budget_s, 1 + extra, fold_elapsed_s + total(extra), plan.probe_s, epoch_s,
+        plan.val_s, plan.train_images_per_s, replanned=True,
+    )  # fmt: skip
+
+
+def fold_scheduler(config: Config, optimizer, loader_steps: int, epochs: int):
+    """The fold's lr schedule over `epochs` epochs of `loader_steps` batches."""
+    updates_per_epoch = math.ceil(loader_steps / config.train.accumulate)
+    return build_scheduler(optimizer, config.scheduler, epochs, updates_per_epoch)
+
+
+def plan_budget(
+    config: Config, fabric: Fabric, parts: FoldParts, budget_s: float, fold: int
+) -> Plan:
+    """train.budget_min: time this fold's first steps and validation batches, choose its
+    epochs for `budget_s` seconds, and rebuild the lr schedule over them."""
+    cfg_train, cfg_data = config.train, config.data
+
+    def train_steps(loader, on_step) -> None:
+        train_one_epoch(
+            fabric, parts.model, loader, parts.loss_fn, parts.optimizer, parts.scheduler, 0, 0,
+            parts.norm, accumulate=cfg_train.accumulate, grad_clip=cfg_train.grad_clip,
+            channels_last=cfg_train.channels_last, on_step=on_step, mixer=parts.mixer,
+        )  # fmt: skip
+
+    def validate_batches(loader, on_probs) -> None:
+        with fabric.autocast():
+            validate(
+                fabric, parts.model, loader, cfg_data.num_classes, cfg_data.ignore_index,
+                parts.norm, on_probs=on_probs,
+            )  # fmt: skip
+
+    plan = plan_fold(fabric, cfg_train, budget_s, fold, parts, train_steps, validate_batches)
+    plan.epochs = fabric.broadcast(plan.epochs, src=0)  # every rank trains rank 0's plan
+    if cfg_train.swa is not None and cfg_train.swa.start_epoch > plan.epochs:
+        raise BudgetTooSmall(
+            f"train.swa.start_epoch={cfg_train.swa.start_epoch}: fold {fold}'s budget fits only "
+            f"{plan.epochs} epochs; lower start_epoch or raise train.budget_min"
+        )
+    parts.scheduler = fold_scheduler(config, parts.optimizer, len(parts.loader), plan.epochs)
+    return plan
+
+
+def replan_budget(config, fabric, parts: FoldParts, plan: Plan, state, record, fold_dir):
+    """train.budget_min after epoch 1: correct the epochs from its measured time, rebuild
+    the lr schedule over them at the current update, and save the new plan."""
+    epoch_s, swa, validated = record["seconds"], config.train.swa is not None, "val_miou" in record
+    # state["seconds"]: the fold's time so far, over every session
+    plan = replan(plan, state["seconds"], epoch_s, config.train.val_every, swa, validated)
+    plan.epochs = fabric.broadcast(plan.epochs, src=0)
+    parts.scheduler = fold_scheduler(config, parts.optimizer, len(parts.loader), plan.epochs)
+    parts.scheduler.step_update(state["num_updates"])
+    if fabric.is_global_zero:
+        plan.save(fold_dir / "plan.json")
+    fabric.print(f"fold {fold_dir.name.removeprefix('fold_')}: epoch 1 took {epoch_s:.0f} s -> "
+                 f"{plan.epochs} epochs (planned {plan.planned_s / 60:.1f} min)")  # fmt: skip
     return plan
 
 

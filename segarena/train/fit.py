@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -26,10 +25,10 @@ from segarena.losses import build_loss
 from segarena.metrics import scores
 from segarena.models import build_model
 from segarena.oof import PerImageRecorder, oof_name
-from segarena.optim import build_optimizer, build_scheduler
+from segarena.optim import build_optimizer
 from segarena.records import Tracker, append_jsonl, read_jsonl, write_json_atomic
 from segarena.train.averaging import Averaging, bn_images
-from segarena.train.budget import BudgetTooSmall, Plan, plan_fold
+from segarena.train.budget import Plan, fold_scheduler, plan_budget, replan_budget
 from segarena.train.checkpoint import load_checkpoint, save_atomic, unwrap
 from segarena.train.loop import train_one_epoch, validate
 from segarena.train.progress import EpochProgress
@@ -146,11 +145,6 @@ def build_parts(
     )
 
 
-def fold_scheduler(config: Config, optimizer, loader_steps: int, epochs: int):
-    updates_per_epoch = math.ceil(loader_steps / config.train.accumulate)
-    return build_scheduler(optimizer, config.scheduler, epochs, updates_per_epoch)
-
-
 def reseed(parts: FoldParts, seed: int) -> None:
     """Seed all an epoch draws from: batch order, augmentations, dropout, random tiles."""
     seed_everything(seed)
@@ -234,41 +228,6 @@ def save_epoch(
     fabric.barrier()
 
 
-def plan_budget(
-    config: Config, fabric: Fabric, parts: FoldParts, data: FoldData, budget_s: float, fold: int
-) -> Plan:
-    """train.budget_min: time this fold's first steps and validation batches, choose its
-    epochs for `budget_s` seconds, and rebuild the lr schedule over them."""
-    cfg_train, cfg_data = config.train, config.data
-
-    def train_steps(loader, on_step) -> None:
-        train_one_epoch(
-            fabric, parts.model, loader, parts.loss_fn, parts.optimizer, parts.scheduler, 0, 0,
-            parts.norm, accumulate=cfg_train.accumulate, grad_clip=cfg_train.grad_clip,
-            channels_last=cfg_train.channels_last, on_step=on_step, mixer=parts.mixer,
-        )  # fmt: skip
-
-    def validate_batches(loader, on_probs) -> None:
-        with fabric.autocast():
-            validate(
-                fabric, parts.model, loader, cfg_data.num_classes, cfg_data.ignore_index,
-                parts.norm, on_probs=on_probs,
-            )  # fmt: skip
-
-    plan = plan_fold(
-        fabric, budget_s, fold, cfg_train.val_every, cfg_train.swa is not None, train_steps,
-        validate_batches, parts, len(data.val), cfg_train.batch_size,
-    )  # fmt: skip
-    plan.epochs = fabric.broadcast(plan.epochs, src=0)  # every rank trains rank 0's plan
-    if cfg_train.swa is not None and cfg_train.swa.start_epoch > plan.epochs:
-        raise BudgetTooSmall(
-            f"train.swa.start_epoch={cfg_train.swa.start_epoch}: fold {fold}'s budget fits only "
-            f"{plan.epochs} epochs; lower start_epoch or raise train.budget_min"
-        )
-    parts.scheduler = fold_scheduler(config, parts.optimizer, len(parts.loader), plan.epochs)
-    return plan
-
-
 def fit_fold(
     config: Config,
     fabric: Fabric,
@@ -296,16 +255,15 @@ def fit_fold(
     parts = build_parts(config, fabric, data, fold_dir, epochs or PROVISIONAL_EPOCHS)
     if epochs is None:
         assert budget_s is not None, "train.budget_min needs the fold's share of it"
-        plan = plan_budget(
-            config, fabric, parts, data, budget_s - (time.perf_counter() - started), fold
-        )
+        plan = plan_budget(config, fabric, parts, budget_s - (time.perf_counter() - started), fold)
         epochs = plan.epochs
         if fabric.is_global_zero:
             plan.save(fold_dir / "plan.json")
     state = restore(parts, fabric, fold_dir, fold)
     seconds_before = state["seconds"]
     progress = EpochProgress(enabled=fabric.is_global_zero)
-    for epoch in range(state["epoch"], epochs):
+    while state["epoch"] < epochs:  # train.budget_min may correct `epochs` after epoch 1
+        epoch = state["epoch"]
         # Reseeding per epoch makes epoch e's batches, augmentations and dropout the same
         # whether or not the run was resumed before it: no RNG state needs saving.
         reseed(parts, cfg_train.seed + epoch)
@@ -335,6 +293,9 @@ def fit_fold(
         state["seconds"] = seconds_before + time.perf_counter() - started
         stop = cfg_train.early_stopping is not None and state["bad"] >= cfg_train.early_stopping
         progress.summary(fold, record, state["best_miou"], stop)
+        if plan is not None and not plan.replanned:  # before last.ckpt saves the schedule
+            plan = replan_budget(config, fabric, parts, plan, state, record, fold_dir)
+            epochs = plan.epochs
         save_epoch(fabric, parts, state, record, fold_dir, fold, tracker)
         if stop:
             break
