@@ -117,17 +117,21 @@ def validations(epochs: int, val_every: int) -> int:
 
 
 def choose_epochs(
-    available_s: float, train_epoch_s: float, val_s: float, finish_s: float, val_every: int
-) -> tuple[int, float]:
-    """The epoch count whose predicted time is nearest `available_s`, and that time."""
+    available_s: float, train_epoch_s: float, val_s: float, finish_s: float, val_every: int,
+    done: int = 0, least: int = 1,
+) -> tuple[int, float]:  # fmt: skip
+    """The epoch count (at least `least`) whose predicted time is nearest `available_s`, and
+    that time; `done` epochs are already trained and their time is not in `available_s`."""
 
     def total(epochs: int) -> float:
-        return epochs * train_epoch_s + validations(epochs, val_every) * val_s + finish_s
+        vals = validations(epochs, val_every) - validations(done, val_every)
+        return (epochs - done) * train_epoch_s + vals * val_s + finish_s
 
-    epochs = max(1, math.floor((available_s - finish_s) / (train_epoch_s + val_s / val_every)))
+    per_epoch = train_epoch_s + val_s / val_every
+    epochs = max(least, done + math.floor((available_s - finish_s) / per_epoch))
     while total(epochs + 1) - available_s < available_s - total(epochs):
         epochs += 1
-    while epochs > 1 and available_s - total(epochs - 1) < total(epochs) - available_s:
+    while epochs > least and available_s - total(epochs - 1) < total(epochs) - available_s:
         epochs -= 1
     return epochs, total(epochs)
 
@@ -179,18 +183,13 @@ def replan(
     machine); the lr has barely left its peak, so lengthening or shortening the cosine
     now changes almost nothing else. `validated`: whether epoch 1 was validated."""
     finish_s = plan.val_s * (2 if swa else 1)
-
-    def total(extra: int) -> float:
-        vals = validations(1 + extra, val_every) - validations(1, val_every)
-        return extra * epoch_s + vals * plan.val_s + finish_s
-
-    remaining = plan.budget_s - fold_elapsed_s
-    extra = 0 if validated else 1  # finishing needs a validated checkpoint
-    while total(extra + 1) - remaining < remaining - total(extra):
-        extra += 1
+    least = 1 if validated else 2  # finishing needs a validated checkpoint
+    epochs, left_s = choose_epochs(
+        plan.budget_s - fold_elapsed_s, epoch_s, plan.val_s, finish_s, val_every, 1, least
+    )
     return Plan(
-        plan.budget_s, 1 + extra, fold_elapsed_s + total(extra), plan.probe_s, epoch_s,
-        plan.val_s, plan.train_images_per_s, replanned=True,
+        plan.budget_s, epochs, fold_elapsed_s + left_s, plan.probe_s, epoch_s, plan.val_s,
+        plan.train_images_per_s, replanned=True,
     )  # fmt: skip
 
 
