@@ -14,12 +14,13 @@ from segarena.config import Config, SchedulerConfig, load_config
 from segarena.data.dataset import train_loader
 from segarena.data.mixing import build_mixer
 from segarena.data.readers import Sample
-from segarena.losses import build_loss
-from segarena.models import build_model
-from segarena.optim import build_optimizer, build_scheduler
-from segarena.train.fit import mean_std, train_dataset
-from segarena.train.loop import train_one_epoch
-from segarena.train.run import train
+from segarena.model.build import build_model
+from segarena.train.experiment import train
+from segarena.train.loop import Learner, StepSettings, train_one_epoch
+from segarena.train.losses import build_loss
+from segarena.train.optim import build_optimizer, build_scheduler
+from segarena.train.parts import mean_std, train_dataset
+from segarena.train.state import LoopState
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "camvid.yaml"
@@ -28,7 +29,7 @@ RECIPE = ROOT / "configs" / "camvid.yaml"
 def probe(config: Config, samples: list[Sample], batches: int = 4, workers: int = 0):
     """(training images/s, share of step time waiting for data) over a few batches.
 
-    Goes through segarena.train.fit.train_dataset and the configured batch mixer, so the
+    Goes through segarena.train.parts.train_dataset and the configured batch mixer, so the
     probe pads, augments and mixes like the real run does; the first batch (start-up
     costs) is left out of the rate.
     """
@@ -43,18 +44,14 @@ def probe(config: Config, samples: list[Sample], batches: int = 4, workers: int 
         accelerator=config.train.accelerator, devices=1, precision=config.train.precision
     )
     model, optimizer = fabric.setup(model, optimizer)
+    learner = Learner(model, optimizer, scheduler, loss_fn, mean_std(config, fabric.device), mixer)
     seen = []
-    stats, _ = train_one_epoch(
+    stats = train_one_epoch(
         fabric,
-        model,
+        learner,
         fabric.setup_dataloaders(loader),
-        loss_fn,
-        optimizer,
-        scheduler,
-        0,
-        0,
-        mean_std(config, fabric.device),
-        mixer=mixer,
+        StepSettings(),
+        LoopState(),
         on_step=lambda step, loss, lr, ips: seen.append((time.perf_counter(), step)),
     )
     (t0, s0), (t1, s1) = seen[0], seen[-1]

@@ -36,9 +36,9 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from segarena.audit import audit_run
 from segarena.config import apply_overrides, config_from_dict, expand_env
-from segarena.train.run import train
+from segarena.labels.audit import audit_run
+from segarena.train.experiment import train
 
 ROOT = Path(__file__).resolve().parents[1]
 VOID = 11

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from arms import print_arms, run_arm
 
-from segarena.records import write_json_atomic
+from segarena.util.files import write_json_atomic
 
 ARMS = {
     "none": ["augment.preset=none", "augment.train=[]"],

@@ -39,10 +39,10 @@ from PIL import Image
 
 from segarena.config import load_config
 from segarena.metrics import bootstrap_miou_diff_ci, confusion_matrix, scores
-from segarena.models import load_encoder_weights
-from segarena.oof import stored_matrices
-from segarena.pretrained import packaged_file
-from segarena.train.run import train
+from segarena.model.pretrained import packaged_file
+from segarena.model.weights import load_encoder_weights
+from segarena.run_dir.per_image import stored_matrices
+from segarena.train.experiment import train
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "camvid.yaml"
 CLASSES, IGNORE, HELD_OUT = 11, 11, "0001TP"

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from arms import print_arms, run_arm
 
-from segarena.records import write_json_atomic
+from segarena.util.files import write_json_atomic
 
 
 def main() -> None:

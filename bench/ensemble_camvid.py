@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from segarena.config import expand_env, load_config
-from segarena.evaluate import evaluate
-from segarena.infer.weights import tune_weights
-from segarena.train.run import train
+from segarena.infer.ensemble import EnsembleSpec
+from segarena.infer.evaluate import evaluate
+from segarena.infer.tune_weights import tune_weights
+from segarena.train.experiment import train
 
 ROOT = Path(__file__).resolve().parents[1]
 FLIP = {"tta": "hflip"}
@@ -69,8 +70,12 @@ def main() -> None:
     data = Path(expand_env(args.data))
     folder = {"images": data / "val", "masks": data / "valannot", "workers": args.workers}
 
-    def on_val(runs, infer=None, **kw) -> float:
-        return evaluate(runs, infer=infer, device="cpu", **folder, **kw)["miou"]
+    def on_val(runs, infer=None, weights=None, fold=None) -> float:
+        spec = EnsembleSpec(
+            tuple(runs), weights=weights and tuple(weights), overrides=infer or {}, device="cpu",
+            folds=None if fold is None else (fold,),
+        )  # fmt: skip
+        return evaluate(spec, **folder)["miou"]
 
     def single(infer=None) -> float:
         return float(np.mean([on_val([run_a], infer, fold=k) for k in range(3)]))

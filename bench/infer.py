@@ -42,10 +42,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segarena.config import ModelConfig
+from segarena.config import InferConfig, ModelConfig
 from segarena.infer.sliding import sliding_probs
 from segarena.infer.tta import apply_view, invert_view, view_names
-from segarena.models import build_model
+from segarena.model.build import build_model
 
 CLASSES = 4
 GRID = 16  # outputs are compared on every GRID-th pixel (a full 4000x4000 map is 256 MB)
@@ -98,14 +98,15 @@ def run_one(args) -> None:
     image = torch.randint(0, 256, (3, args.size, args.size), generator=gen, dtype=torch.uint8)
     if args.impl == "monai":  # its output buffers take the input's dtype: uint8 fails
         image = image.float()
-    window = (args.window, args.window)
+    options = InferConfig(
+        window=(args.window, args.window), overlap=args.overlap, sw_batch_size=args.sw_batch,
+        tta=args.tta,
+    )  # fmt: skip
 
     def infer(img: torch.Tensor) -> torch.Tensor:
         if args.impl == "monai":
             return monai_probs(model, img, args, device)
-        return sliding_probs(
-            model, img, window, args.overlap, args.sw_batch, args.tta, prepare=normalize
-        )
+        return sliding_probs(model, img, options, prepare=normalize)
 
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # model + image
     with torch.inference_mode():

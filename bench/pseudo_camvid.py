@@ -4,7 +4,7 @@
    first half) and a held-out half; a temporary data folder links train/ and both halves.
 2. Run A: configs/camvid.yaml (with --epochs, --size, --set) trained on train/ and validated
    on the held-out half (split.method=predefined).
-3. Pseudo-label the pool with run A (segarena.pseudo: --threshold, --tta); its frames' true
+3. Pseudo-label the pool with run A (segarena.labels.pseudo: --threshold, --tta); its frames' true
    masks say how right the kept pixels are.
 4. Run B: run A's config + data.pseudo. Both runs share folds.csv, so B's summary.json holds
    pseudo_gain against A.
@@ -34,8 +34,9 @@ import yaml
 from PIL import Image
 
 from segarena.config import apply_overrides, config_from_dict, expand_env
-from segarena.pseudo import write_pseudo_labels
-from segarena.train.run import train
+from segarena.infer.ensemble import EnsembleSpec
+from segarena.labels.pseudo import write_pseudo_labels
+from segarena.train.experiment import train
 
 ROOT = Path(__file__).resolve().parents[1]
 VOID = 11
@@ -144,10 +145,10 @@ def main() -> None:
         raw = recipe(work, args, experiment)
         run_a = train(config_from_dict(raw, "pseudo_camvid"), args.out)
         pseudo_dir = args.out / "pseudo" / run_a.name
+        spec = EnsembleSpec((run_a,), overrides={"tta": args.tta}, device=args.device)
         manifest = write_pseudo_labels(
-            [run_a], work / "pool", pseudo_dir, args.threshold,
-            overrides={"tta": args.tta}, device=args.device, workers=2,
-        )  # fmt: skip
+            spec, work / "pool", pseudo_dir, threshold=args.threshold, workers=2
+        )
         accuracy = pseudo_accuracy(manifest, pseudo_dir, source / "valannot")
         raw["data"]["pseudo"] = [str(pseudo_dir.resolve())]
         run_b = train(config_from_dict(raw, "pseudo_camvid"), args.out)

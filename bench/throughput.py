@@ -31,12 +31,17 @@ from segarena.config import (  # noqa: E402
     SchedulerConfig,  # noqa: E402
 )
 from segarena.data.augment import build_transforms  # noqa: E402
-from segarena.data.dataset import SegDataset, train_loader  # noqa: E402
+from segarena.data.dataset import (  # noqa: E402
+    SegDataset,
+    normalize,  # noqa: E402
+    train_loader,
+)
 from segarena.data.readers import read_samples  # noqa: E402
-from segarena.losses import build_loss  # noqa: E402
-from segarena.models import build_model  # noqa: E402
-from segarena.optim import build_optimizer, build_scheduler  # noqa: E402
-from segarena.train.loop import normalize, train_one_epoch  # noqa: E402
+from segarena.model.build import build_model  # noqa: E402
+from segarena.train.loop import Learner, StepSettings, train_one_epoch  # noqa: E402
+from segarena.train.losses import build_loss  # noqa: E402
+from segarena.train.optim import build_optimizer, build_scheduler  # noqa: E402
+from segarena.train.state import LoopState  # noqa: E402
 
 
 def plain_epoch(model, loader, loss_fn, optimizer, mean, std) -> float:
@@ -95,9 +100,8 @@ def main() -> None:
     ours_rates, plain_rates, waits = [], [], []
     for round_ in range(args.rounds):
         generator.manual_seed(round_)
-        stats, _ = train_one_epoch(
-            fabric, ours, fabric_loader, loss_fn, ours_opt, scheduler, round_, 0, (mean, std)
-        )
+        learner = Learner(ours, ours_opt, scheduler, loss_fn, (mean, std))
+        stats = train_one_epoch(fabric, learner, fabric_loader, StepSettings(), LoopState())
         ours_rates.append(stats.images_per_s)
         waits.append(stats.data_wait / stats.seconds)
         generator.manual_seed(round_)

@@ -82,6 +82,12 @@ def _nanmean(values: np.ndarray, axis: int | None = None) -> np.ndarray | float:
         return total / count
 
 
+def mious(matrices: np.ndarray) -> np.ndarray:
+    """mIoU of each confusion matrix in a stack [..., C, C], by the rule of `scores`."""
+    tp = np.diagonal(matrices, axis1=-2, axis2=-1).astype(np.float64)
+    return _nanmean(_iou(tp, matrices.sum(-1), matrices.sum(-2)), axis=-1)
+
+
 def scores(cm: Tensor | np.ndarray) -> dict:
     """Segmentation scores of a [C, C] confusion matrix (rows target, columns prediction).
 

@@ -13,13 +13,12 @@ import pytest
 import torch
 from cleanlab.segmentation.filter import find_label_issues
 from cleanlab.segmentation.rank import get_label_quality_scores
+from helpers import run_cli
 from label_noise import fake_run
-from typer.testing import CliRunner
 
-from segarena.audit import audit_run, load_probs
-from segarena.cli import app
 from segarena.data.readers import load_mask, read_samples
-from segarena.label_issues import LabelIssueFinder
+from segarena.labels.audit import audit_run, load_probs
+from segarena.labels.confident import LabelIssueFinder
 
 IGNORE = 255
 
@@ -108,6 +107,7 @@ def audited(tmp_path_factory):
     return run_dir, config, swapped, manifest
 
 
+@pytest.mark.slow  # `audited` builds and audits a run (~2 s)
 def test_audit_ranks_the_corrupted_images_first_and_flags_the_swapped_pixels(audited):
     run_dir, _, swapped, manifest = audited
     with (run_dir / "audit" / "issues.csv").open() as f:
@@ -137,6 +137,7 @@ def test_audit_ranks_the_corrupted_images_first_and_flags_the_swapped_pixels(aud
     assert json.loads((run_dir / "audit" / "audit.json").read_text()) == manifest
 
 
+@pytest.mark.slow  # `audited` builds and audits a run (~2 s)
 def test_audit_of_a_run_agrees_with_cleanlab_on_the_same_inputs(audited):
     run_dir, config, _, manifest = audited
     from segarena.config import config_from_dict
@@ -167,23 +168,23 @@ def test_audit_of_a_run_agrees_with_cleanlab_on_the_same_inputs(audited):
     np.testing.assert_allclose([ours[i] for i in ids], scores, atol=1e-6)
 
 
+@pytest.mark.slow  # runs `segarena audit`
 def test_cli_audit_and_its_errors(audited, tmp_path):
     run_dir = audited[0]
-    runner = CliRunner()
     out = tmp_path / "aud"
-    result = runner.invoke(app, ["audit", str(run_dir), "--top", "2", "--out", str(out)])
+    result = run_cli("audit", run_dir, "--top", "2", "--out", out)
     assert result.exit_code == 0, result.output
     assert "audited 24 images" in result.output
     assert (out / "audit.json").is_file() and (out / "issues.csv").is_file()
-    result = runner.invoke(app, ["audit", str(tmp_path / "nowhere")])
+    result = run_cli("audit", tmp_path / "nowhere")
     assert result.exit_code == 2 and "not a segarena run directory" in result.output
     empty = tmp_path / "empty_run"
     empty.mkdir()
     for name in ("config.yaml", "folds.csv"):
         (empty / name).write_text((run_dir / name).read_text())
-    result = runner.invoke(app, ["audit", str(empty)])
+    result = run_cli("audit", empty)
     assert result.exit_code == 2 and "no out-of-fold probabilities" in result.output
-    result = runner.invoke(app, ["audit", str(run_dir), "--top", "-1", "--out", str(out)])
+    result = run_cli("audit", run_dir, "--top", "-1", "--out", out)
     assert result.exit_code == 2 and "--top -1" in result.output
 
 

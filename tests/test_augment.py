@@ -15,7 +15,7 @@ import pytest
 from scipy import ndimage
 
 from segarena.config import DataConfig, Source, TransformSpec
-from segarena.data.augment import build_transforms, create_transform
+from segarena.data.augment import build_transform, build_transforms
 from segarena.errors import UserError
 
 IGNORE = 255
@@ -139,7 +139,7 @@ def test_dropout_holes_are_ignored_unless_fill_mask_is_set():
     image, mask = np.full((64, 64, 3), 100, np.uint8), np.ones((64, 64), np.uint8)
     for fill_mask, expected in [("unset", {1, IGNORE}), (None, {1}), (0, {0, 1})]:
         given = params if fill_mask == "unset" else {**params, "fill_mask": fill_mask}
-        transform = create_transform(TransformSpec(name="CoarseDropout", params=given), "t", 255)
+        transform = build_transform(TransformSpec(name="CoarseDropout", params=given), "t", 255)
         transform.set_random_seed(0)
         assert set(np.unique(transform(image=image, mask=mask)["mask"])) == expected
 

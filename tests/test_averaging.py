@@ -6,15 +6,17 @@ import json
 
 import pytest
 import torch
+from helpers import history, miou_of
 from synthetic import frozen_config, make_mask_folder, tiny_config
 
 import segarena.train.averaging as averaging
-import segarena.train.fit as fit
 from segarena.config import config_from_dict
 from segarena.errors import UserError
-from segarena.infer.ensemble import load_members
-from segarena.train.checkpoint import CHECKPOINT_KINDS, fold_checkpoints, load_checkpoint, unwrap
-from segarena.train.run import debug_config, train
+from segarena.infer.ensemble import EnsembleSpec, load_members
+from segarena.model.build import unwrap
+from segarena.run_dir.checkpoints import CHECKPOINT_KINDS, fold_checkpoints, load_checkpoint
+from segarena.train.experiment import debug_config, train
+from segarena.train.fold import TrainHooks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,11 +25,6 @@ BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 def snapshot(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
-
-
-def history(run_dir, fold=0):
-    lines = (run_dir / f"fold_{fold}" / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
 
 
 def assert_close(actual: dict, expected: dict, keys=None) -> None:
@@ -44,30 +41,25 @@ def holdout_config(tmp_path, **train):
     return config_from_dict(raw)
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("warmup", [False, True])
-def test_ema_is_the_moving_average_of_every_update(tmp_path, monkeypatch, warmup):
+def test_ema_is_the_moving_average_of_every_update(tmp_path, warmup):
     decay = 0.7  # low enough that every update moves the average visibly
     ema_cfg = {"decay": decay, "warmup": warmup}
     config = holdout_config(tmp_path, epochs=2, batch_size=2, ema=ema_cfg)
     weights: list[dict] = []  # the initial weights, then the weights after each update
     epoch_ends: list[int] = []  # updates done when each epoch ended
-    real_epoch = fit.train_one_epoch
 
-    def recording(*args, **kwargs):
-        model, on_update = args[1], kwargs["on_update"]
+    def at_start(epoch, learner):
         if not weights:
-            weights.append(snapshot(model))
+            weights.append(snapshot(learner.model))
 
-        def after_update():
-            weights.append(snapshot(model))
-            on_update()
-
-        out = real_epoch(*args, **{**kwargs, "on_update": after_update})
-        epoch_ends.append(len(weights) - 1)
-        return out
-
-    monkeypatch.setattr(fit, "train_one_epoch", recording)
-    run_dir = train(config, tmp_path / "runs")
+    hooks = TrainHooks(
+        on_epoch_start=at_start,
+        on_update=lambda learner: weights.append(snapshot(learner.model)),
+        on_epoch_end=lambda record, learner: epoch_ends.append(len(weights) - 1),
+    )
+    run_dir = train(config, tmp_path / "runs", hooks=hooks)
 
     assert epoch_ends == [3, 6]  # 6 images, batches of 2
     ema = {k: v.clone() for k, v in weights[0].items()}
@@ -98,19 +90,15 @@ def test_ema_is_the_moving_average_of_every_update(tmp_path, monkeypatch, warmup
     assert result["miou"] == pytest.approx(best["miou"])
 
 
-def test_swa_averages_epoch_ends_and_recomputes_bn(tmp_path, monkeypatch):
+@pytest.mark.slow  # trains
+def test_swa_averages_epoch_ends_and_recomputes_bn(tmp_path):
     swa = {"start_epoch": 2, "lr": 5e-4, "anneal_epochs": 1}
     config = holdout_config(tmp_path, epochs=4, batch_size=2, swa=swa)
     epoch_end_weights: list[dict] = []
-    real_epoch = fit.train_one_epoch
-
-    def recording(*args, **kwargs):
-        out = real_epoch(*args, **kwargs)
-        epoch_end_weights.append(snapshot(args[1]))
-        return out
-
-    monkeypatch.setattr(fit, "train_one_epoch", recording)
-    run_dir = train(config, tmp_path / "runs")
+    hooks = TrainHooks(
+        on_epoch_end=lambda record, learner: epoch_end_weights.append(snapshot(learner.model))
+    )
+    run_dir = train(config, tmp_path / "runs", hooks=hooks)
 
     fold_dir = run_dir / "fold_0"
     averaged = load_checkpoint(fold_dir / "swa.ckpt")
@@ -136,15 +124,18 @@ def test_swa_averages_epoch_ends_and_recomputes_bn(tmp_path, monkeypatch):
     lrs = [r["lr"] for r in history(run_dir)]
     assert lrs[1] == lrs[0] and lrs[2:] == pytest.approx([5e-4, 5e-4])
     result = json.loads((fold_dir / "result.json").read_text())
-    assert 0 < result["swa_miou"] <= 1 and result["swa_miou"] == averaged["miou"]
+    assert result["swa_miou"] == averaged["miou"]
+    # the score of swa.ckpt's own validation pass, not the last epoch's
+    assert result["swa_miou"] == pytest.approx(miou_of(result["swa_confusion"])[0], abs=1e-12)
     assert averaged["epoch"] == 4
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["swa_miou"] == pytest.approx(result["swa_miou"])
     assert summary["folds"][0]["swa_miou"] == result["swa_miou"]
-    (member,) = load_members([run_dir], "swa")
+    (member,) = load_members(EnsembleSpec((run_dir,), "swa"))
     assert member.name == str(fold_dir / "swa.ckpt")
 
 
+@pytest.mark.slow  # trains
 def test_killed_run_resumes_to_the_same_averages(tmp_path, monkeypatch):
     config = holdout_config(
         tmp_path,
@@ -158,17 +149,12 @@ def test_killed_run_resumes_to_the_same_averages(tmp_path, monkeypatch):
 
     # Killed in epoch 3 after validation (top/ may already hold it) but before last.ckpt,
     # with SWALR half-way through its annealing.
-    real_save = fit.save_epoch
-
-    def killed_saving_epoch_three(fabric, parts, state, record, *args):
-        if record["epoch"] == 3:
+    def killed_saving_epoch_three(record, learner):
+        if record.epoch == 3:
             raise KeyboardInterrupt
-        return real_save(fabric, parts, state, record, *args)
 
-    monkeypatch.setattr(fit, "save_epoch", killed_saving_epoch_three)
     with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "runs2")
-    monkeypatch.setattr(fit, "save_epoch", real_save)
+        train(config, tmp_path / "runs2", hooks=TrainHooks(on_epoch_end=killed_saving_epoch_three))
     killed = next(p for p in (tmp_path / "runs2" / "tiny").iterdir() if p.is_dir())
     assert load_checkpoint(killed / "fold_0" / "last.ckpt")["state"]["epoch"] == 2
 
@@ -203,6 +189,7 @@ def test_killed_run_resumes_to_the_same_averages(tmp_path, monkeypatch):
     assert sa["swa_miou"] == sb["swa_miou"] and sa["miou"] == sb["miou"]
 
 
+@pytest.mark.slow  # trains
 def test_top_k_keeps_the_k_best_epochs_as_an_epoch_ensemble(tmp_path):
     data = make_mask_folder(tmp_path / "data", n=8)
     raw = tiny_config(data, tmp_path / "runs", train={"epochs": 4, "save_top_k": 2})
@@ -221,19 +208,22 @@ def test_top_k_keeps_the_k_best_epochs_as_an_epoch_ensemble(tmp_path):
 
     found = fold_checkpoints(run_dir, "top")
     assert [fold for fold, _ in found] == [0, 0, 1, 1]
-    members = load_members([run_dir], "top")
+    members = load_members(EnsembleSpec((run_dir,), "top"))
     assert [m.name for m in members] == [str(path) for _, path in found]
     assert [m.weight for m in members] == pytest.approx([0.25] * 4)
-    assert len(load_members([run_dir], "last")) == 2  # last.ckpt loads as a model too
+    assert (
+        len(load_members(EnsembleSpec((run_dir,), "last"))) == 2
+    )  # last.ckpt loads as a model too
 
     with pytest.raises(UserError, match=r"fold_\*/swa\.ckpt.*train with train\.swa set"):
         fold_checkpoints(run_dir, "swa")
     with pytest.raises(UserError, match=r"train with train\.ema set"):
-        load_members([run_dir], "ema")
+        load_members(EnsembleSpec((run_dir,), "ema"))
     with pytest.raises(UserError, match="expected one of " + ", ".join(CHECKPOINT_KINDS)):
         fold_checkpoints(run_dir, "newest")
 
 
+@pytest.mark.slow  # trains
 def test_save_top_k_one_writes_no_top_folder(tmp_path):
     config = holdout_config(tmp_path, epochs=2)
     run_dir = train(config, tmp_path / "runs")
@@ -242,6 +232,7 @@ def test_save_top_k_one_writes_no_top_folder(tmp_path):
         fold_checkpoints(run_dir, "top")
 
 
+@pytest.mark.slow  # trains
 def test_early_stop_before_swa_starts_leaves_no_swa_checkpoint(tmp_path, capsys):
     data = make_mask_folder(tmp_path / "data", n=8)
     # frozen weights: val mIoU stops improving after epoch 1

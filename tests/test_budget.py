@@ -6,14 +6,14 @@ import json
 
 import pytest
 import yaml
+from helpers import history, run_cli, write_config
 from synthetic import make_mask_folder, tiny_config
-from test_cli_train import run_cli, write_config
 
-import segarena.train.fit as fit
 from segarena.config import config_from_dict, dump_config, load_config
 from segarena.errors import UserError
 from segarena.train.budget import Plan, choose_epochs, replan, validations
-from segarena.train.run import train
+from segarena.train.experiment import train
+from segarena.train.fold import TrainHooks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,8 +41,8 @@ def test_replan_after_epoch_one_uses_its_measured_time():
     assert (new.epochs, new.planned_s, new.replanned) == (10, 620, True)
     assert new.train_epoch_s == 50 and new.budget_s == 600
     # nothing left: a validated epoch 1 may be the last, an unvalidated one may not
-    assert replan(plan, 600, 50, 1, False, validated=True).epochs == 1
-    assert replan(plan, 600, 50, 1, False, validated=False).epochs == 2
+    assert replan(plan, 600, 50, 1, swa=False, validated=True).epochs == 1
+    assert replan(plan, 600, 50, 1, swa=False, validated=False).epochs == 2
 
 
 def _budget_config(tmp_path, minutes, n=16):
@@ -53,6 +53,7 @@ def _budget_config(tmp_path, minutes, n=16):
     return raw
 
 
+@pytest.mark.slow  # runs `segarena train`
 def test_epochs_and_budget_are_exclusive_and_epochs_defaults_to_30(tmp_path):
     raw = _budget_config(tmp_path, 1.0)
     config = config_from_dict(raw)
@@ -79,6 +80,7 @@ def test_overriding_epochs_or_budget_switches_the_schedule(tmp_path):
         load_config(path, ["train.epochs=5", "train.budget_min=2"])
 
 
+@pytest.mark.slow  # runs `segarena train`, which times an epoch
 def test_a_budget_below_one_epoch_exits_2_and_leaves_no_run(tmp_path):
     path = write_config(tmp_path / "c.yaml", _budget_config(tmp_path, 0.001))  # 0.06 s
     result = run_cli("train", path)
@@ -87,44 +89,47 @@ def test_a_budget_below_one_epoch_exits_2_and_leaves_no_run(tmp_path):
     assert [p.name for p in (tmp_path / "runs" / "tiny").iterdir()] == ["folds.csv"]
 
 
+@pytest.mark.slow  # trains for its 9 s budget
 def test_budget_run_plans_epochs_fits_the_schedule_and_records_time(tmp_path):
     run_dir = train(config_from_dict(_budget_config(tmp_path, 0.15)), tmp_path / "runs")
     plan = json.loads((run_dir / "fold_0" / "plan.json").read_text())
-    history = [
-        json.loads(x) for x in (run_dir / "fold_0" / "metrics.jsonl").read_text().splitlines()
-    ]
-    assert plan["epochs"] >= 2 and len(history) == plan["epochs"]
-    assert history[-1]["lr"] == pytest.approx(1e-5)  # the cosine ends on the planned last epoch
+    records = history(run_dir)
+    assert plan["epochs"] >= 2 and len(records) == plan["epochs"]
+    assert records[-1]["lr"] == pytest.approx(1e-5)  # the cosine ends on the planned last epoch
     assert plan["train_images_per_s"] > 0 and plan["planned_s"] <= 0.15 * 60 * 1.1
     budget = json.loads((run_dir / "summary.json").read_text())["budget"]
     assert budget["minutes"] == 0.15 and budget["epochs"] == [plan["epochs"]]
     assert 0 < budget["used_s"] and budget["used_share"] == pytest.approx(budget["used_s"] / 9)
 
 
-def test_a_killed_budget_run_resumes_with_its_plan(tmp_path, monkeypatch):
+@pytest.mark.slow  # trains
+def test_a_killed_budget_run_resumes_with_its_plan(tmp_path):
     config = config_from_dict(_budget_config(tmp_path, 0.15))
-    real_epoch = fit.train_one_epoch
-    calls = {"n": 0}
+    started: list[int] = []
 
-    def killed_in_epoch_two(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:  # in epoch 2 (the speed probe calls the loop through budget.py)
+    def killed_in_epoch_two(epoch, learner):
+        started.append(epoch)
+        if epoch == 2 and len(started) == 2:
             raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(fit, "train_one_epoch", killed_in_epoch_two)
+    hooks = TrainHooks(on_epoch_start=killed_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "runs")
+        train(config, tmp_path / "runs", hooks=hooks)
     run_dir = next(p for p in (tmp_path / "runs" / "tiny").iterdir() if p.is_dir())
-    planned = json.loads((run_dir / "fold_0" / "plan.json").read_text())["epochs"]
+    plan_file = run_dir / "fold_0" / "plan.json"
+    before = json.loads(plan_file.read_text())
+    planned = before["epochs"]
 
-    calls["n"] = -100  # no more kills; count the calls of the resumed run
-    train(None, tmp_path / "runs", resume=run_dir)
-    assert calls["n"] == -100 + planned - 1  # epochs 2..planned, and no second probe
+    train(None, tmp_path / "runs", resume=run_dir, hooks=hooks)
+    assert started == [1, 2, *range(2, planned + 1)]  # epochs 2..planned again
+    # no second probe: a new one would have measured (and saved) other speeds
+    after = json.loads(plan_file.read_text())
+    assert after["probe_s"] == before["probe_s"] and after["epochs"] == planned
     result = json.loads((run_dir / "fold_0" / "result.json").read_text())
     assert result["epochs"] == planned and result["plan"]["epochs"] == planned
 
 
+@pytest.mark.slow  # trains the probe epoch
 def test_swa_start_after_the_budgeted_epochs_is_a_user_error(tmp_path):
     raw = _budget_config(tmp_path, 0.15)
     raw["train"]["swa"] = {"start_epoch": 500}

@@ -10,18 +10,17 @@ import shutil
 import numpy as np
 import pytest
 import yaml
+from helpers import run_cli, write_config
 from label_noise import fake_run
 from PIL import Image
-from typer.testing import CliRunner
 
-from segarena.audit import audit_run
-from segarena.cleanse import cleanse_training
-from segarena.cli import app
 from segarena.config import config_from_dict
+from segarena.data.cleanse import cleanse_training
 from segarena.data.folds import read_folds
 from segarena.data.readers import load_mask, read_samples
 from segarena.errors import UserError
-from segarena.train.run import fold_data
+from segarena.labels.audit import audit_run
+from segarena.train.experiment import fold_data
 
 IGNORE = 255
 
@@ -171,14 +170,13 @@ def test_a_mask_edited_after_the_audit_is_a_user_error(audited, tmp_path):
         (tmp_path / "moved.csv").rename(run_dir / "audit" / "issues.csv")
 
 
+@pytest.mark.slow  # runs `segarena train`
 def test_training_runs_on_cleansed_labels(audited, tmp_path):
     run_dir, config, _, _ = audited
     config = with_cleanse(config, audit=str(run_dir / "audit"), action="relabel")
     config["train"].update(epochs=1)
     config["records"]["out"] = str(tmp_path / "runs")
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(config))
-    result = CliRunner().invoke(app, ["train", str(path), "--fold", "0"])
+    result = run_cli("train", write_config(tmp_path / "c.yaml", config), "--fold", "0")
     assert result.exit_code == 0, result.output
     (run,) = (tmp_path / "runs" / "tiny").glob("*/config.yaml")
     assert yaml.safe_load(run.read_text())["data"]["cleanse"]["action"] == "relabel"

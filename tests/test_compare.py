@@ -9,15 +9,12 @@ import numpy as np
 import pytest
 import yaml
 from fake_runs import fake_run, masks, predictions
+from helpers import run_cli
 from synthetic import make_mask_folder, tiny_config
-from typer.testing import CliRunner
 
-from segarena.cli import app
-from segarena.compare import compare_runs, config_diff, settings_changed
 from segarena.metrics import bootstrap_miou_diff_ci, scores
-from segarena.oof import run_matrices
-
-runner = CliRunner()
+from segarena.report.compare import compare_runs, config_diff, settings_changed
+from segarena.run_dir.per_image import run_matrices
 
 
 @pytest.fixture(scope="module")
@@ -99,17 +96,18 @@ def test_one_change_warning_fires_on_two_keys_only(tmp_path, data):
         tmp_path, data, "two", preds, optimizer={"lr": 0.01}, model={"encoder": "resnet34"}
     )
     records = fake_run(tmp_path / "elsewhere", data, "rec", preds, optimizer={"lr": 0.01})
-    result = runner.invoke(app, ["compare", str(base), str(one)])
+    result = run_cli("compare", base, one)
     assert result.exit_code == 0, result.output
     assert "optimizer.lr" in result.output and "warning:" not in result.output
     # records.out differs too, but it does not change what a run learns
-    result = runner.invoke(app, ["compare", str(base), str(records)])
+    result = run_cli("compare", base, records)
     assert "records.out" in result.output and "warning:" not in result.output
-    result = runner.invoke(app, ["compare", str(base), str(two)])
+    result = run_cli("compare", base, two)
     assert result.exit_code == 0, result.output
     assert "warning: B differs from A in 2 settings (model.encoder, optimizer.lr)" in result.output
 
 
+@pytest.mark.slow  # ~5 s: three fake runs of 40 images, OOF recomputed
 def test_oof_fallback_matches_stored_matrices_and_uses_the_intersection(tmp_path, data):
     truth = masks(data)
     preds = predictions(truth, 0.5, seed=6)
@@ -125,29 +123,31 @@ def test_oof_fallback_matches_stored_matrices_and_uses_the_intersection(tmp_path
     # B lost the OOF files of 10 images: compared on the 30 both hold, and said so
     for path in sorted((from_oof / "fold_0" / "oof").glob("*.npy"))[:10]:
         path.unlink()
-    result = runner.invoke(app, ["compare", str(stored), str(from_oof), "--n-boot", "200"])
+    result = run_cli("compare", stored, from_oof, "--n-boot", "200")
     assert result.exit_code == 0, result.output
     assert "A has out-of-fold predictions for 40 images, B for 30" in result.output
     assert "comparing on the 30 images both hold" in result.output
     assert "recomputed from the OOF probabilities" in result.output
 
 
+@pytest.mark.slow  # ~2 s: two fake runs of 40 images
 def test_bad_input_exits_2_naming_the_path(tmp_path, data):
     run_a = fake_run(tmp_path, data, "a", predictions(masks(data), 0.5, seed=7))
-    result = runner.invoke(app, ["compare", str(run_a), str(tmp_path / "nope")])
+    result = run_cli("compare", run_a, tmp_path / "nope")
     assert result.exit_code == 2
     assert f"{tmp_path / 'nope'}: not a segarena run directory" in result.output
     config = yaml.safe_load((run_a / "config.yaml").read_text())
     config["data"]["classes"] = ["a", "b", "c", "d"]
     other = fake_run(tmp_path, data, "b", predictions(masks(data), 0.5, seed=7))
     (other / "config.yaml").write_text(yaml.safe_dump(config))
-    result = runner.invoke(app, ["compare", str(run_a), str(other)])
+    result = run_cli("compare", run_a, other)
     assert result.exit_code == 2 and "expected runs on the same classes" in result.output
 
 
+@pytest.mark.slow  # trains
 def test_trained_runs_save_per_image_matrices_and_compare(tmp_path):
     from segarena.config import config_from_dict
-    from segarena.train.run import train
+    from segarena.train.experiment import train
 
     data = make_mask_folder(tmp_path / "data", n=8, size=32)
     out = tmp_path / "runs"
@@ -165,7 +165,7 @@ def test_trained_runs_save_per_image_matrices_and_compare(tmp_path):
     raw = yaml.safe_load((copy / "config.yaml").read_text())
     raw["optimizer"]["lr"] = 0.01
     (copy / "config.yaml").write_text(yaml.safe_dump(raw))
-    result = runner.invoke(app, ["compare", str(run_dir), str(copy), "--n-boot", "200"])
+    result = run_cli("compare", run_dir, copy, "--n-boot", "200")
     assert result.exit_code == 0, result.output
     assert "optimizer.lr" in result.output and "0.003" in result.output
     assert "B - A +0.0000, 95% CI [+0.0000, +0.0000] (paired bootstrap over 8 images" in (

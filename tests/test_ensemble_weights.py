@@ -9,17 +9,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli
 from synthetic import make_mask_folder, tiny_config
-from typer.testing import CliRunner
 
-from segarena.cli import app
 from segarena.config import config_from_dict, dump_config
 from segarena.data.folds import load_or_create_folds
 from segarena.data.readers import load_mask, read_samples
 from segarena.errors import UserError
-from segarena.infer.weights import candidate_matrices, mious, simplex_grid, tune_weights
+from segarena.infer.tune_weights import candidate_matrices, mious, simplex_grid, tune_weights
 from segarena.metrics import confusion_matrix, scores
-from segarena.oof import oof_name
+from segarena.run_dir.per_image import oof_name
 
 C = 4  # tiny_config's classes
 IGNORE = 255
@@ -121,5 +120,5 @@ def test_tuning_refuses_runs_of_other_folds(tmp_path):
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    result = CliRunner().invoke(app, ["tune-weights", *map(str, run_dirs)])
+    result = run_cli("tune-weights", *run_dirs)
     assert result.exit_code == 2 and "folds.csv: differs from" in result.output

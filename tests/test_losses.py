@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from segarena.config import LossConfig, LossTerm
 from segarena.errors import UserError
-from segarena.losses import LOSSES, build_loss
+from segarena.train.losses import LOSSES, build_loss
 
 C, IGNORE = 4, 255
 

@@ -7,20 +7,19 @@ mixing each pixel tells where it came from.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import history
 from synthetic import make_mask_folder, tiny_config
 from torch import nn
 
 from segarena.config import LossConfig, MixingConfig, config_from_dict
 from segarena.data.mixing import BatchMixer, MixupTargets, build_mixer
 from segarena.errors import UserError
-from segarena.losses import build_loss
-from segarena.train.run import train
+from segarena.train.experiment import train
+from segarena.train.losses import build_loss
 
 N, SIZE, CLASSES, IGNORE = 8, 32, 4, 255
 
@@ -247,6 +246,7 @@ def test_each_batch_gets_at_most_one_method_at_its_rate():
     assert abs(counts["mixup"] - 300) < 50 and abs(counts["copy_paste"] - 200) < 45
 
 
+@pytest.mark.slow  # trains
 def test_training_with_presets_and_mixing_is_reproducible(tmp_path):
     data = make_mask_folder(tmp_path / "data", n=8, size=32)
     mixing = {"mixup_p": 0.25, "cutmix_p": 0.25, "snapmix_p": 0.25, "copy_paste_p": 0.25}
@@ -260,6 +260,5 @@ def test_training_with_presets_and_mixing_is_reproducible(tmp_path):
     losses = []
     for out in ("a", "b"):
         run_dir = train(config_from_dict(raw), tmp_path / out)
-        lines = (run_dir / "fold_0" / "metrics.jsonl").read_text().splitlines()
-        losses.append([json.loads(line)["train_loss"] for line in lines])
+        losses.append([r["train_loss"] for r in history(run_dir)])
     assert losses[0] == losses[1] and all(np.isfinite(losses[0]))

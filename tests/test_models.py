@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 
 from segarena.config import ModelConfig
 from segarena.errors import UserError
-from segarena.models import build_model, load_encoder_weights, model_divisor, predict_logits
+from segarena.model.build import build_model, forward_logits, model_divisor
+from segarena.model.weights import load_encoder_weights
 
 CLASSES = 3
 
@@ -227,18 +228,18 @@ def test_predict_logits_pads_crops_and_resizes():
     with pytest.raises(RuntimeError, match="divisible by 32"):
         model(x)
     with torch.no_grad():
-        assert predict_logits(model, x).shape == (2, CLASSES, 70, 90)
-        assert predict_logits(model, x, out_size=(140, 180)).shape == (2, CLASSES, 140, 180)
+        assert forward_logits(model, x).shape == (2, CLASSES, 70, 90)
+        assert forward_logits(model, x, out_size=(140, 180)).shape == (2, CLASSES, 140, 180)
         # a pad larger than the image cannot reflect: zeros instead
-        assert predict_logits(model, torch.randn(1, 3, 10, 20)).shape == (1, CLASSES, 10, 20)
+        assert forward_logits(model, torch.randn(1, 3, 10, 20)).shape == (1, CLASSES, 10, 20)
 
 
 def test_predict_logits_is_the_model_on_divisible_input():
     model = _r18("Unet")
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
-        assert torch.equal(predict_logits(model, x), model(x))
-        assert torch.equal(predict_logits(model, x, out_size=(64, 96)), model(x))
+        assert torch.equal(forward_logits(model, x), model(x))
+        assert torch.equal(forward_logits(model, x, out_size=(64, 96)), model(x))
 
 
 def test_bn_momentum_reaches_every_batchnorm():

@@ -8,7 +8,7 @@ from torch import nn
 
 from segarena.config import OptimizerConfig, SchedulerConfig
 from segarena.errors import UserError
-from segarena.optim import build_optimizer, build_scheduler
+from segarena.train.optim import build_optimizer, build_scheduler
 
 LR, WARMUP_LR, MIN_LR = 0.1, 1e-4, 1e-5
 STEPS = 10  # optimizer steps per epoch

@@ -8,17 +8,22 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+import yaml
+from helpers import miou_of, run_cli
 from PIL import Image
 from synthetic import draw_sample, make_mask_folder, tiny_config
-from typer.testing import CliRunner
 
-from segarena.cli import app
 from segarena.config import config_from_dict
-from segarena.infer.ensemble import Ensemble, member_probs
-from segarena.submission import read_submission
-from segarena.train.run import train
+from segarena.data.readers import load_image, load_mask, read_samples
+from segarena.infer.ensemble import Ensemble, EnsembleSpec, member_probs
+from segarena.model.build import build_model
+from segarena.run_dir.checkpoints import load_checkpoint
+from segarena.submission.codecs import read_submission
+from segarena.train.experiment import train
 
-runner = CliRunner()
+pytestmark = pytest.mark.slow  # the module's runs are trained; every test runs the CLI or them
+
 TEST_IDS = ["batch_01/0002.png", "batch_01/0001.png", "batch_02/0007.png"]  # not sorted
 TEST_SHAPE = (72, 100)  # neither the training size nor square
 
@@ -50,37 +55,36 @@ def runs(tmp_path_factory):
     return {"a": run_a, "b": run_b, "images": images, "sample": sample, "root": root}
 
 
-def cli(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output
-
-
 def test_predict_writes_a_valid_contest_csv(runs, tmp_path):
     out = tmp_path / "sub" / "submission.csv"
-    code, output = cli(
+    result = run_cli(
         "predict", runs["a"], runs["b"], "--images", runs["images"], "--out", out,
         "--sample", runs["sample"], "--tta", "hflip", "--workers", "0", "--device", "cpu",
     )  # fmt: skip
-    assert code == 0, output
+    assert result.exit_code == 0, result.output
     with open(out, newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["image_id", "PredictionString"]
     assert [r[0] for r in rows[1:]] == TEST_IDS  # the sample's order, not sorted
     masks = read_submission(out, "csv", 4, size=(256, 256))
     assert all(m.shape == (256, 256) and m.max() < 4 for m in masks.values())
-    assert cli("validate-submission", out, "--sample", runs["sample"], "--classes", "4")[0] == 0
+    result = run_cli("validate-submission", out, "--sample", runs["sample"], "--classes", "4")
+    assert result.exit_code == 0, result.output
 
     wrong = tmp_path / "wrong_sample.csv"
     wrong.write_text("image_id,PredictionString\n" + "\n".join(TEST_IDS[:2]) + "\nother.png\n")
-    code, output = cli("validate-submission", out, "--sample", wrong, "--classes", "4")
-    assert code == 2 and "not in the sample" in output and "missing" in output
+    result = run_cli("validate-submission", out, "--sample", wrong, "--classes", "4")
+    assert result.exit_code == 2
+    assert "not in the sample" in result.output and "missing" in result.output
 
 
 def test_ensemble_members_of_different_sizes_average_at_the_original_size(runs):
-    ensemble = Ensemble.from_runs([runs["a"], runs["b"]], weights=[3, 1], device="cpu")
+    ensemble = Ensemble.from_spec(
+        EnsembleSpec((runs["a"], runs["b"]), weights=(3, 1), device="cpu")
+    )
     assert [m.weight for m in ensemble.members] == [0.75, 0.25]
     image = np.asarray(Image.open(runs["images"] / TEST_IDS[0]).convert("RGB"))
-    probs = ensemble.predict(image)
+    probs = ensemble.probs(image)
     assert probs.shape == (4, *TEST_SHAPE) and probs.dtype == torch.float32
     torch.testing.assert_close(probs.sum(0), torch.ones(TEST_SHAPE))
     parts = [member_probs(m, image, TEST_SHAPE, torch.device("cpu")) for m in ensemble.members]
@@ -90,11 +94,11 @@ def test_ensemble_members_of_different_sizes_average_at_the_original_size(runs):
 
 def test_predict_png_with_sliding_windows_at_native_size(runs, tmp_path):
     out = tmp_path / "masks"
-    code, output = cli(
+    result = run_cli(
         "predict", runs["a"], "--images", runs["images"], "--out", out, "--format", "png",
         "--window", "32,48", "--overlap", "0.5", "--workers", "0", "--device", "cpu",
     )  # fmt: skip
-    assert code == 0, output
+    assert result.exit_code == 0, result.output
     masks = read_submission(out, "png", 4)
     assert sorted(masks) == sorted(TEST_IDS)  # ids already end in .png
     assert all(m.shape == TEST_SHAPE for m in masks.values())
@@ -102,61 +106,114 @@ def test_predict_png_with_sliding_windows_at_native_size(runs, tmp_path):
 
 def test_predict_rejects_bad_options(runs, tmp_path):
     base = ["predict", runs["a"], "--images", runs["images"], "--workers", "0"]
-    code, output = cli(*base, "--out", tmp_path / "s.csv", "--tta", "d8")
-    assert code == 2 and "--tta" in output
-    code, output = cli(*base, "--out", tmp_path / "s.csv", "--scales", "1,x")
-    assert code == 2 and "--scales '1,x'" in output
+    result = run_cli(*base, "--out", tmp_path / "s.csv", "--tta", "d8")
+    assert result.exit_code == 2 and "--tta" in result.output
+    result = run_cli(*base, "--out", tmp_path / "s.csv", "--scales", "1,x")
+    assert result.exit_code == 2 and "--scales '1,x'" in result.output
     missing = tmp_path / "sample.csv"
     missing.write_text("image_id,PredictionString\nnope.jpg,\n")
-    code, output = cli(*base, "--out", tmp_path / "s.csv", "--sample", missing)
-    assert code == 2 and "nope.jpg" in output and not (tmp_path / "s.csv").exists()
+    result = run_cli(*base, "--out", tmp_path / "s.csv", "--sample", missing)
+    assert result.exit_code == 2 and "nope.jpg" in result.output
+    assert not (tmp_path / "s.csv").exists()
 
 
 def test_evaluate_scores_inference_options(runs):
     run_dir = runs["a"]
-    code, output = cli("evaluate", run_dir)
-    assert code == 0, output
+    result = run_cli("evaluate", run_dir)
+    assert result.exit_code == 0, result.output
     plain = json.loads((run_dir / "eval_val.json").read_text())
     # a window as large as the image goes through the wrapper and must score the same
-    code, output = cli("evaluate", run_dir, "--window", "64")
-    assert code == 0, output
+    result = run_cli("evaluate", run_dir, "--window", "64")
+    assert result.exit_code == 0, result.output
     windowed = json.loads((run_dir / "eval_val_none_s1_mean_w64x64.json").read_text())
     assert windowed["miou"] == pytest.approx(plain["miou"], abs=1e-9)
-    code, output = cli("evaluate", run_dir, "--tta", "d4", "--scales", "0.75,1", "--merge", "gmean")
-    assert code == 0, output
+    result = run_cli("evaluate", run_dir, "--tta", "d4", "--scales", "0.75,1", "--merge", "gmean")
+    assert result.exit_code == 0, result.output
     tta = json.loads((run_dir / "eval_val_d4_s0.75-1_gmean.json").read_text())
-    assert tta["infer"]["tta"] == "d4" and 0.0 <= tta["miou"] <= 1.0
+    assert tta["infer"]["tta"] == "d4" and tta["infer"]["merge"] == "gmean"
+    # the same score worked out by hand, view by view: a wrong view, inverse, scale or merge
+    # moves pixels from one class to another
+    matrix = d4_gmean_by_hand(run_dir, scales=(0.75, 1.0))
+    assert tta["folds"][0]["images"] == 4 and matrix.sum() == 4 * 64 * 64
+    assert tta["miou"] == pytest.approx(miou_of(matrix)[0], abs=1e-9)
+    assert tta["pixel_acc"] == pytest.approx(np.trace(matrix) / matrix.sum(), abs=1e-9)
+
+
+# identity, rot90, rot180, rot270, then the same after a horizontal flip: the D4 group
+D4 = [(flip, turns) for flip in (False, True) for turns in range(4)]
+
+
+def d4_gmean_by_hand(run_dir, scales) -> np.ndarray:
+    """Confusion matrix of fold 0's best checkpoint on fold 0's validation images with
+    `--tta d4 --scales ... --merge gmean`, written out without segarena.infer: every view of
+    every rescaled image through the model, mapped back and resized to the image, and the
+    softmax of the mean log-probability."""
+    config = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    k = config.data.num_classes
+    model = build_model(config.model, k)
+    model.load_state_dict(load_checkpoint(run_dir / "fold_0" / "best.ckpt")["model"])
+    model.eval()
+    mean = torch.tensor(config.data.mean).view(1, 3, 1, 1)
+    std = torch.tensor(config.data.std).view(1, 3, 1, 1)
+    with open(run_dir / "folds.csv", newline="") as f:
+        val_ids = {row["id"] for row in csv.DictReader(f) if row["fold"] == "0"}
+    matrix = np.zeros((k, k), dtype=np.int64)
+    for sample in read_samples(config.data, config.split):
+        if sample.id not in val_ids:
+            continue
+        pixels = torch.from_numpy(load_image(sample.image_path).transpose(2, 0, 1).copy())[None]
+        image = (pixels.float() / 255.0 - mean) / std
+        size = tuple(image.shape[-2:])
+        log_probs = torch.zeros(1, k, *size)
+        for scale in scales:
+            scaled = image
+            if scale != 1:
+                scaled_size = [round(n * scale) for n in size]
+                scaled = F.interpolate(image, scaled_size, mode="bilinear", align_corners=False)
+            views = [torch.rot90(scaled.flip(-1) if hf else scaled, t, (-2, -1)) for hf, t in D4]
+            with torch.no_grad():
+                outputs = model(torch.cat(views)).split(1)
+            for (flipped, turns), logits in zip(D4, outputs, strict=True):
+                logits = torch.rot90(logits, -turns, (-2, -1))
+                logits = logits.flip(-1) if flipped else logits
+                if tuple(logits.shape[-2:]) != size:
+                    logits = F.interpolate(logits, size, mode="bilinear", align_corners=False)
+                log_probs += logits.log_softmax(1)
+        pred = (log_probs / (len(D4) * len(scales))).softmax(1)[0].argmax(0).numpy()
+        mask = load_mask(sample).astype(np.int64)
+        matrix += np.bincount(mask.ravel() * k + pred.ravel(), minlength=k * k).reshape(k, k)
+    return matrix
 
 
 def test_evaluate_on_a_labelled_folder_equals_the_same_images_by_split(runs):
     run_dir, data = runs["a"], runs["root"] / "data"
-    code, output = cli("evaluate", run_dir, "--split", "all", "--workers", "0")
-    assert code == 0, output
+    result = run_cli("evaluate", run_dir, "--split", "all", "--workers", "0")
+    assert result.exit_code == 0, result.output
     by_split = json.loads((run_dir / "eval_all.json").read_text())
     folder = ["--images", data / "images", "--masks", data / "masks"]
-    code, output = cli("evaluate", run_dir, *folder, "--workers", "0")
-    assert code == 0, output
+    result = run_cli("evaluate", run_dir, *folder, "--workers", "0")
+    assert result.exit_code == 0, result.output
     by_folder = json.loads((run_dir / "eval_folder-images.json").read_text())
     assert by_folder["folds"][0]["images"] == 8
     assert by_folder["miou"] == pytest.approx(by_split["miou"], abs=1e-12)
-    code, output = cli("evaluate", run_dir, "--images", data / "images", "--workers", "0")
-    assert code == 2 and "--masks" in output
+    result = run_cli("evaluate", run_dir, "--images", data / "images", "--workers", "0")
+    assert result.exit_code == 2 and "--masks" in result.output
 
 
 def test_evaluate_an_ensemble_of_runs_out_of_fold(runs):
     """Runs of the same folds ensemble per fold; a zero weight leaves the other run alone."""
     a, b = runs["a"], runs["b"]
-    code, output = cli("evaluate", a, "--workers", "0")
-    assert code == 0, output
+    result = run_cli("evaluate", a, "--workers", "0")
+    assert result.exit_code == 0, result.output
     alone = json.loads((a / "eval_val.json").read_text())
-    code, output = cli("evaluate", a, b, "--weights", "1,0", "--workers", "0")
-    assert code == 0, output
+    result = run_cli("evaluate", a, b, "--weights", "1,0", "--workers", "0")
+    assert result.exit_code == 0, result.output
     weighted = json.loads((a / "eval_val_ens2_w1-0.json").read_text())
     assert len(weighted["members"]) == 2
     assert weighted["miou"] == pytest.approx(alone["miou"], abs=1e-12)
-    code, output = cli("evaluate", a, b, "--workers", "0")
-    assert code == 0, output
+    result = run_cli("evaluate", a, b, "--workers", "0")
+    assert result.exit_code == 0, result.output
     mean = json.loads((a / "eval_val_ens2.json").read_text())
     assert mean["miou"] != pytest.approx(alone["miou"], abs=1e-9)  # b does change the result
-    code, output = cli("evaluate", a, "--checkpoint", "newest")
-    assert code == 2 and "--checkpoint 'newest'" in output
+    result = run_cli("evaluate", a, "--checkpoint", "newest")
+    assert result.exit_code == 2 and "--checkpoint 'newest'" in result.output

@@ -15,14 +15,16 @@ import pytest
 import timm
 import torch
 import yaml
+from helpers import only_run_dir, run_cli, write_config
 from PIL import Image
 from synthetic import make_mask_folder, tiny_config
 
-from segarena import hub, pretrained
 from segarena.config import ModelConfig
 from segarena.errors import UserError
-from segarena.models import build_model, weights_record
-from segarena.pretrained import lukemelas_to_timm, packaged_file
+from segarena.model import hub, pretrained
+from segarena.model.build import build_model
+from segarena.model.pretrained import lukemelas_to_timm, packaged_file
+from segarena.model.weights import weights_record
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -154,6 +156,7 @@ def _train_process(tmp_path, encoder, weights):
     return proc, time.perf_counter() - start
 
 
+@pytest.mark.slow  # `segarena train` in a new process
 def test_unmet_hub_weights_exit_2_fast_and_create_nothing(tmp_path):
     proc, seconds = _train_process(tmp_path, "tu-resnet18", "imagenet")
     assert proc.returncode == 2, proc.stderr
@@ -163,6 +166,7 @@ def test_unmet_hub_weights_exit_2_fast_and_create_nothing(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow  # `segarena train` in a new process
 def test_a_file_matching_under_half_the_encoder_exits_2_and_creates_nothing(tmp_path):
     weights = tmp_path / "part.pth"
     state = timm.create_model("efficientnet_lite0").state_dict()
@@ -176,9 +180,8 @@ def test_a_file_matching_under_half_the_encoder_exits_2_and_creates_nothing(tmp_
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow  # runs `segarena train`
 def test_run_json_and_env_json_record_the_packaged_file(tmp_path):
-    from test_cli_train import only_run_dir, run_cli, write_config
-
     data = make_mask_folder(tmp_path / "data", n=4)
     config = tiny_config(data, tmp_path / "runs")
     config["model"].update(encoder="tu-efficientnet_lite0", encoder_weights="imagenet")

@@ -9,33 +9,28 @@ import shutil
 import numpy as np
 import pytest
 import yaml
+from helpers import run_cli
 from PIL import Image
 from synthetic import draw_sample, make_mask_folder, tiny_config
-from typer.testing import CliRunner
 
-from segarena.cli import app
 from segarena.config import config_from_dict
 from segarena.data.folds import read_folds
 from segarena.data.readers import load_image, load_mask, read_samples
-from segarena.infer.ensemble import Ensemble
-from segarena.train.run import fold_data, train
+from segarena.infer.ensemble import Ensemble, EnsembleSpec
+from segarena.train.experiment import fold_data, train
 
-runner = CliRunner()
+pytestmark = pytest.mark.slow  # the module's runs are trained and `segarena pseudo` runs on them
+
 IGNORE = 255
 POOL = {"a.png": (64, 64), "b.png": (64, 64), "c.png": (64, 64), "d.png": (64, 64),
         "more/e.png": (48, 80), "more/f.jpg": (64, 64)}  # fmt: skip
-
-
-def cli(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output
 
 
 def top_probs(ensemble: Ensemble, pool):
     """(top probability, argmax) of every pool image, by image id."""
     found = {}
     for image_id in POOL:
-        probs = ensemble.predict(load_image(pool / image_id))
+        probs = ensemble.probs(load_image(pool / image_id))
         top, label = probs.max(0)
         found[image_id] = (top.numpy(), label.numpy())
     return found
@@ -55,28 +50,28 @@ def rounds(tmp_path_factory, one_thread):
     for image_id, (h, w) in POOL.items():
         (pool / image_id).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(draw_sample(rng, max(h, w))[0][:h, :w]).save(pool / image_id)
-    ensemble = Ensemble.from_runs([run_a], overrides={"tta": "hflip"}, device="cpu")
+    ensemble = Ensemble.from_spec(EnsembleSpec((run_a,), overrides={"tta": "hflip"}, device="cpu"))
     expected = top_probs(ensemble, pool)
     threshold = float(np.median(np.concatenate([t.ravel() for t, _ in expected.values()])))
     pseudo_dir = root / "pseudo_r1"
-    code, output = cli(
+    result = run_cli(
         "pseudo", run_a, "--images", pool, "--out", pseudo_dir, "--threshold", repr(threshold),
         "--tta", "hflip", "--device", "cpu", "--workers", "0",
     )  # fmt: skip
-    assert code == 0, output
-    assert "train on them with --set data.pseudo=" in output
+    assert result.exit_code == 0, result.output
+    assert "train on them with --set data.pseudo=" in result.output
 
     raw_b = json.loads(json.dumps(raw))
     raw_b["data"]["pseudo"] = str(pseudo_dir)  # a single folder as a string
     config_b = root / "round_b.yaml"
     config_b.write_text(yaml.safe_dump(raw_b))
-    code, train_output = cli("train", config_b, "--fold", "0")
-    assert code == 0, train_output
+    trained = run_cli("train", config_b, "--fold", "0")
+    assert trained.exit_code == 0, trained.output
     (run_b,) = [p for p in (root / "runs" / "tiny").iterdir() if p.is_dir() and p != run_a]
     return {
         "root": root, "data": data, "pool": pool, "run_a": run_a, "run_b": run_b,
         "raw_b": raw_b, "config_b": config_b, "pseudo": pseudo_dir, "threshold": threshold,
-        "expected": expected, "train_output": train_output,
+        "expected": expected, "train_output": trained.output,
     }  # fmt: skip
 
 
@@ -144,7 +139,7 @@ def test_pseudo_images_train_every_fold_and_never_validate(rounds):
     labelled = {s.id for s in samples}
     for fold in (0, 1):
         for debug in (False, True):
-            data = fold_data(samples, folds, fold, cfg, debug)
+            data = fold_data(samples, folds, fold, cfg, debug=debug)
             train_ids = {s.id for s in data.train}
             assert {s.id for s in data.val} <= labelled  # no pseudo image validates
             if debug:
@@ -152,7 +147,9 @@ def test_pseudo_images_train_every_fold_and_never_validate(rounds):
             else:
                 assert pseudo_ids <= train_ids
                 assert train_ids - pseudo_ids == {s.id for s, f in zip(samples, folds) if f != fold}
-    sample = next(s for s in fold_data(samples, folds, 0, cfg, False).train if s.id in records)
+    sample = next(
+        s for s in fold_data(samples, folds, 0, cfg, debug=False).train if s.id in records
+    )
     np.testing.assert_array_equal(
         load_mask(sample), np.array(Image.open(folder / records[sample.id]["mask"]))
     )
@@ -184,32 +181,35 @@ def test_bad_pseudo_folders_exit_2_naming_the_folder(rounds, tmp_path):
     runs_before = sorted((rounds["root"] / "runs" / "tiny").iterdir())
     train_with = ["train", rounds["config_b"], "--fold", "0", "--set"]
 
-    code, output = cli(*train_with, f"data.pseudo={tmp_path / 'nowhere'}")
-    assert code == 2 and f"{tmp_path / 'nowhere'}: folder not found" in output
+    result = run_cli(*train_with, f"data.pseudo={tmp_path / 'nowhere'}")
+    assert result.exit_code == 2 and f"{tmp_path / 'nowhere'}: folder not found" in result.output
 
     (tmp_path / "empty").mkdir()
-    code, output = cli(*train_with, f"data.pseudo={tmp_path / 'empty'}")
-    assert code == 2 and f"{tmp_path / 'empty'}: no pseudo.json" in output
+    result = run_cli(*train_with, f"data.pseudo={tmp_path / 'empty'}")
+    assert result.exit_code == 2 and f"{tmp_path / 'empty'}: no pseudo.json" in result.output
 
     other = tmp_path / "other_classes"
     shutil.copytree(rounds["pseudo"], other)
     manifest = manifest_of(other)
     manifest["classes"] = ["background", "red", "green", "yellow"]
     (other / "pseudo.json").write_text(json.dumps(manifest))
-    code, output = cli(*train_with, f"data.pseudo={other}")
-    assert code == 2 and str(other) in output and "but data.classes is" in output
+    result = run_cli(*train_with, f"data.pseudo={other}")
+    assert result.exit_code == 2, result.output
+    assert str(other) in result.output and "but data.classes is" in result.output
 
     leaky = tmp_path / "leaky"  # pseudo-labels of the labelled images themselves
-    code, output = cli(
+    result = run_cli(
         "pseudo", rounds["run_a"], "--images", rounds["data"] / "images", "--out", leaky,
         "--device", "cpu", "--workers", "0",
     )  # fmt: skip
-    assert code == 0, output
-    code, output = cli(*train_with, f"data.pseudo={leaky}")
-    assert code == 2 and str(leaky) in output and "are labelled images" in output
+    assert result.exit_code == 0, result.output
+    result = run_cli(*train_with, f"data.pseudo={leaky}")
+    assert result.exit_code == 2, result.output
+    assert str(leaky) in result.output and "are labelled images" in result.output
 
-    code, output = cli(*train_with, f"data.pseudo={rounds['pseudo']}", "--set", "data.image_size=")
-    assert code == 2 and "more/e (80x48)" in output and "set data.image_size" in output
+    result = run_cli(*train_with, f"data.pseudo={rounds['pseudo']}", "--set", "data.image_size=")
+    assert result.exit_code == 2, result.output
+    assert "more/e (80x48)" in result.output and "set data.image_size" in result.output
 
     # every check ran before a run directory was made
     assert sorted((rounds["root"] / "runs" / "tiny").iterdir()) == runs_before
@@ -221,20 +221,21 @@ def test_pseudo_refuses_a_non_empty_out_unless_forced(rounds, tmp_path):
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "notes.txt").write_text("mine")
-    code, output = cli(*base, "--out", taken)
-    assert code == 2 and f"--out {taken}: exists and is not empty" in output
-    code, output = cli(*base, "--out", taken, "--force")  # --force replaces pseudo folders only
-    assert code == 2 and "not a pseudo-label folder" in output
+    result = run_cli(*base, "--out", taken)
+    assert result.exit_code == 2 and f"--out {taken}: exists and is not empty" in result.output
+    result = run_cli(*base, "--out", taken, "--force")  # --force replaces pseudo folders only
+    assert result.exit_code == 2 and "not a pseudo-label folder" in result.output
     assert (taken / "notes.txt").read_text() == "mine"
 
     earlier = tmp_path / "earlier"
     shutil.copytree(rounds["pseudo"], earlier)
-    code, output = cli(*base, "--out", earlier, "--threshold", "0.5")
-    assert code == 2 and "--force" in output
-    code, output = cli(*base, "--out", earlier, "--threshold", "0.5", "--force")
-    assert code == 0, output
+    result = run_cli(*base, "--out", earlier, "--threshold", "0.5")
+    assert result.exit_code == 2 and "--force" in result.output
+    result = run_cli(*base, "--out", earlier, "--threshold", "0.5", "--force")
+    assert result.exit_code == 0, result.output
     assert manifest_of(earlier)["threshold"] == 0.5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier", "taken"]  # no leftovers
 
-    code, output = cli(*base, "--out", tmp_path / "new", "--threshold", "1.5")
-    assert code == 2 and "--threshold 1.5" in output and not (tmp_path / "new").exists()
+    result = run_cli(*base, "--out", tmp_path / "new", "--threshold", "1.5")
+    assert result.exit_code == 2, result.output
+    assert "--threshold 1.5" in result.output and not (tmp_path / "new").exists()

@@ -12,16 +12,14 @@ import pytest
 import yaml
 from browser import check_page, chromium
 from fake_runs import fake_run, masks, predictions
+from helpers import run_cli
 from PIL import Image
 from synthetic import make_mask_folder, tiny_config
-from typer.testing import CliRunner
 
-from segarena.cli import app
 from segarena.config import config_from_dict
 from segarena.data.readers import read_samples
-from segarena.eda import pixel_counts
+from segarena.report.eda import pixel_counts
 
-runner = CliRunner()
 REPORT_PLOTS = {"curves": 1, "per-class-iou": 1, "confusion": 1, "examples": 2}
 EDA_PLOTS = {
     "pixel-frequency": 1,
@@ -37,7 +35,7 @@ PNG = re.compile(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory):
     """A trained two-fold run with its report, and the EDA page of its data."""
-    from segarena.train.run import train
+    from segarena.train.experiment import train
 
     root = tmp_path_factory.mktemp("pages")
     data = make_mask_folder(root / "data", n=12, size=32)
@@ -45,9 +43,9 @@ def pages(tmp_path_factory):
     config = tiny_config(data, out, train={"epochs": 2})
     run_dir = train(config_from_dict(config), out, all_folds=True)
     (root / "c.yaml").write_text(yaml.safe_dump(config))
-    result = runner.invoke(app, ["report", str(run_dir), "--examples", "2"])
+    result = run_cli("report", run_dir, "--examples", "2")
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["eda", str(root / "c.yaml")])
+    result = run_cli("eda", root / "c.yaml")
     assert result.exit_code == 0, result.output
     return {"report": run_dir / "report.html", "eda": out / "tiny" / "eda.html"}
 
@@ -68,6 +66,7 @@ def assert_plots(html: str, expected: dict[str, int]) -> None:
     assert not re.search(r'(src|href)="(?!data:)', html) and "<script" not in html
 
 
+@pytest.mark.slow  # `pages` trains a run
 def test_report_sections_and_embedded_plots(pages):
     html = pages["report"].read_text()
     assert_plots(html, REPORT_PLOTS)
@@ -79,6 +78,7 @@ def test_report_sections_and_embedded_plots(pages):
     assert f"{summary['miou']:.4f}" in sections(html)["summary"]
 
 
+@pytest.mark.slow  # `pages` trains a run
 def test_eda_sections_and_embedded_plots(pages):
     html = pages["eda"].read_text()
     assert_plots(html, EDA_PLOTS)
@@ -95,7 +95,7 @@ def test_eda_pixel_counts_match_the_masks(tmp_path):
     for row, sample in zip(counts, samples):
         np.testing.assert_array_equal(row[:4], np.bincount(truth[sample.id].ravel(), minlength=4))
         assert row[4] == 0
-    result = runner.invoke(app, ["eda", str(tmp_path / "missing.yaml")])
+    result = run_cli("eda", tmp_path / "missing.yaml")
     assert result.exit_code == 2
 
 
@@ -104,13 +104,14 @@ def test_report_of_a_run_without_predictions_says_so(tmp_path):
     run_dir = fake_run(tmp_path, data, "r", predictions(masks(data), 0.5, seed=0))
     for path in (run_dir / "fold_0" / "oof").glob("*.npy"):
         path.unlink()
-    result = runner.invoke(app, ["report", str(run_dir), "--html", str(tmp_path / "r.html")])
+    result = run_cli("report", run_dir, "--html", tmp_path / "r.html")
     assert result.exit_code == 0, result.output
     html = (tmp_path / "r.html").read_text()
     assert "holds no out-of-fold predictions" in html
     assert_plots(html, {"curves": 1, "per-class-iou": 1, "confusion": 1, "examples": 0})
 
 
+@pytest.mark.slow  # `pages` trains a run; a browser starts
 @pytest.mark.skipif(chromium() is None, reason="chromium is not installed (make test installs it)")
 @pytest.mark.parametrize("name", ["report", "eda"])
 def test_pages_render_in_a_real_browser(pages, name):

@@ -7,12 +7,8 @@ import io
 import json
 
 from fake_runs import fake_run, masks, predictions
+from helpers import run_cli
 from synthetic import make_mask_folder
-from typer.testing import CliRunner
-
-from segarena.cli import app
-
-runner = CliRunner()
 
 
 def make_runs(tmp_path):
@@ -42,7 +38,7 @@ def make_runs(tmp_path):
 
 def test_csv_lists_every_run_and_parses_back(tmp_path):
     out, finished, unfinished = make_runs(tmp_path)
-    result = runner.invoke(app, ["runs", str(out), "--csv"])
+    result = run_cli("runs", out, "--csv")
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.output)))
     assert [r["run_id"] for r in rows] == [p.name for p in [*finished, unfinished]]
@@ -62,7 +58,7 @@ def test_csv_lists_every_run_and_parses_back(tmp_path):
 
 def test_table_shows_each_run(tmp_path):
     out, finished, unfinished = make_runs(tmp_path)
-    result = runner.invoke(app, ["runs", str(out)])
+    result = run_cli("runs", out)
     assert result.exit_code == 0, result.output
     for run_dir in [*finished, unfinished]:
         assert run_dir.name in result.output
@@ -72,10 +68,10 @@ def test_table_shows_each_run(tmp_path):
 
 
 def test_missing_folder_is_a_user_error(tmp_path):
-    result = runner.invoke(app, ["runs", str(tmp_path / "nothing")])
+    result = run_cli("runs", tmp_path / "nothing")
     assert result.exit_code == 2
     assert f"folder {tmp_path / 'nothing'} does not exist" in result.output
     (tmp_path / "empty").mkdir()
-    result = runner.invoke(app, ["runs", str(tmp_path / "empty"), "--csv"])
+    result = run_cli("runs", tmp_path / "empty", "--csv")
     assert result.exit_code == 0 and result.output.startswith("experiment,run_id,")
     assert len(result.output.splitlines()) == 1

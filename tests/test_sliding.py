@@ -9,6 +9,7 @@ import torch
 from tiny_models import CallLog, asymmetric_model, pointwise_model
 from torch import nn
 
+from segarena.config import InferConfig
 from segarena.infer import sliding
 from segarena.infer.sliding import (
     gaussian_weights,
@@ -66,14 +67,14 @@ def test_a_window_the_size_of_the_image_is_one_forward_pass(window):
     image = torch.randn(3, 64, 96)
     with torch.inference_mode():
         whole = tta_probs(model, image[None], "hflip")[0]
-        slid = sliding_probs(model, image, window, tta="hflip")
+        slid = sliding_probs(model, image, InferConfig(window=window, tta="hflip"))
     torch.testing.assert_close(slid, whole, atol=1e-6, rtol=1e-6)
 
 
 def test_blending_a_constant_model_leaves_no_seams():
     model = ConstantModel()
     with torch.inference_mode():
-        probs = sliding_probs(model, torch.randn(3, 100, 77), (32, 32), overlap=0.5)
+        probs = sliding_probs(model, torch.randn(3, 100, 77), InferConfig(window=(32, 32)))
     want = model.logits.detach().softmax(0).view(-1, 1, 1).expand_as(probs)
     torch.testing.assert_close(probs, want, atol=1e-6, rtol=1e-6)
 
@@ -84,7 +85,9 @@ def test_pointwise_model_equals_whole_image_at_any_size(overlap):
     image = torch.randn(3, 70, 45)  # not a multiple of window or stride
     with torch.inference_mode():
         whole = tta_probs(model, image[None], "d4")[0]
-        slid = sliding_probs(model, image, (32, 24), overlap, sw_batch_size=3, tta="d4")
+        slid = sliding_probs(
+            model, image, InferConfig(window=(32, 24), overlap=overlap, sw_batch_size=3, tta="d4")
+        )
     assert torch.isfinite(slid).all()
     torch.testing.assert_close(slid, whole, atol=1e-5, rtol=1e-5)
 
@@ -95,7 +98,7 @@ def test_overlaps_are_gaussian_weighted():
     image = torch.zeros(3, 32, 96)
     image[0, :, 64:] = 3.0
     with torch.inference_mode():
-        probs = sliding_probs(WindowMeanModel(), image, (32, 64), overlap=0.5)
+        probs = sliding_probs(WindowMeanModel(), image, InferConfig(window=(32, 64)))
     p_left = torch.tensor([0.0, 0.0]).softmax(0)[0]
     p_right = torch.tensor([1.5, 0.0]).softmax(0)[0]  # window 32..95: mean 3 * 32/64
     g = gaussian_weights((32, 64))[0]
@@ -111,7 +114,11 @@ def test_overlaps_are_gaussian_weighted():
 def test_windows_go_in_bounded_batches():
     model = CallLog(pointwise_model())
     with torch.inference_mode():
-        sliding_probs(model, torch.randn(3, 96, 96), (32, 32), 0.5, sw_batch_size=4, tta="hflip")
+        sliding_probs(
+            model,
+            torch.randn(3, 96, 96),
+            InferConfig(window=(32, 32), sw_batch_size=4, tta="hflip"),
+        )
     # 5 x 5 windows = 25, at most 4 per pass, each with its 2 views
     assert sum(s[0] for s in model.shapes) == 25 * 2
     assert max(s[0] for s in model.shapes) == 4 * 2 and len(model.shapes) == 7
@@ -126,8 +133,9 @@ def test_raw_pixels_prepared_per_window_equal_a_prepared_image():
         return (x.float() / 255 - 0.5) / 0.25
 
     with torch.inference_mode():
-        want = sliding_probs(model, prepare(pixels), (32, 40), 0.5, 3, tta="hflip")
-        got = sliding_probs(model, pixels, (32, 40), 0.5, 3, tta="hflip", prepare=prepare)
+        options = InferConfig(window=(32, 40), sw_batch_size=3, tta="hflip")
+        want = sliding_probs(model, prepare(pixels), options)
+        got = sliding_probs(model, pixels, options, prepare=prepare)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 
@@ -138,8 +146,8 @@ def test_huge_outputs_are_float16(monkeypatch):
     model = pointwise_model()
     image = torch.randn(3, 64, 80)
     with torch.inference_mode():
-        full = sliding_probs(model, image, (32, 32), 0.5)
+        full = sliding_probs(model, image, InferConfig(window=(32, 32)))
         monkeypatch.setattr(sliding, "HALF_OUTPUT_ELEMENTS", 4 * 64 * 80 - 1)
-        half = sliding_probs(model, image, (32, 32), 0.5)
+        half = sliding_probs(model, image, InferConfig(window=(32, 32)))
     assert full.dtype == torch.float32 and half.dtype == torch.float16
     torch.testing.assert_close(half.float(), full, atol=1e-3, rtol=0)

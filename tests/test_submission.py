@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from segarena.errors import UserError
-from segarena.submission import (
-    SubmissionWriter,
+from segarena.submission.check import validate_submission
+from segarena.submission.codecs import (
     decode_pixels,
     encode_pixels,
     read_submission,
@@ -19,7 +19,7 @@ from segarena.submission import (
     rle_encode,
     sample_image_ids,
 )
-from segarena.submission_check import validate_submission
+from segarena.submission.writer import SubmissionWriter
 
 IDS = ["batch_01_vt/0021.jpg", "batch_01_vt/0003.jpg", "batch_02/0001.jpg"]
 

@@ -11,7 +11,7 @@ from segarena.config import TilesConfig, config_from_dict
 from segarena.data.readers import Sample
 from segarena.data.tiles import TileDataset, tile_positions, window_starts
 from segarena.errors import UserError
-from segarena.train.fit import train_dataset
+from segarena.train.parts import train_dataset
 
 IGNORE = 255
 

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import history
 from synthetic import frozen_config, make_mask_folder, tiny_config
 
 from segarena.config import config_from_dict, load_config
 from segarena.errors import UserError
-from segarena.train.run import train
+from segarena.train.experiment import train
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -30,11 +31,7 @@ def test_camvid_recipe_falls_back_to_shared_data(monkeypatch):
     assert config.data.ignore_index == 11 and config.split.method == "group"
 
 
-def history(run_dir):
-    lines = (run_dir / "fold_0" / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
-
-
+@pytest.mark.slow  # trains
 def test_early_stopping_ends_the_run_after_patience(tmp_path):
     data = make_mask_folder(tmp_path / "data", n=8)
     raw = frozen_config(data, tmp_path / "runs", epochs=10, early_stopping=2)
@@ -44,6 +41,7 @@ def test_early_stopping_ends_the_run_after_patience(tmp_path):
     assert summary["folds"][0]["epochs"] == 3 and summary["folds"][0]["best_epoch"] == 1
 
 
+@pytest.mark.slow  # trains
 def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
     data = make_mask_folder(tmp_path / "data", n=8)
     raw = tiny_config(
@@ -59,6 +57,7 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
     assert env["device"] == "cpu"
 
 
+@pytest.mark.slow  # trains
 def test_gradient_accumulation_counts_updates(tmp_path):
     data = make_mask_folder(tmp_path / "data", n=12)
     raw = tiny_config(
@@ -68,7 +67,7 @@ def test_gradient_accumulation_counts_updates(tmp_path):
         train={"epochs": 1, "batch_size": 2, "accumulate": 2},
     )
     run_dir = train(config_from_dict(raw), tmp_path / "runs")
-    from segarena.train.checkpoint import load_checkpoint
+    from segarena.run_dir.checkpoints import load_checkpoint
 
     state = load_checkpoint(run_dir / "fold_0" / "last.ckpt")["state"]
     # 8 training images, batches of 2 -> 4 steps, one optimizer update every 2 steps

@@ -39,7 +39,7 @@ def test_equivariant_model_keeps_its_plain_probabilities(tta, merge, size):
 
 def test_hflip_merges_the_mirrored_prediction():
     model = asymmetric_model()
-    images = torch.randn(2, 3, 32, 64)  # multiples of 32: predict_logits pads nothing
+    images = torch.randn(2, 3, 32, 64)  # multiples of 32: forward_logits pads nothing
     with torch.inference_mode():
         plain = model(images)
         mirrored = model(images.flip(-1)).flip(-1)

@@ -36,7 +36,6 @@ treats class 0 as background, as data.tiles does: it centres crops on other clas
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Any
 
@@ -45,6 +44,7 @@ import cv2
 
 from segarena.config import DataConfig, TransformSpec
 from segarena.errors import UserError
+from segarena.util.text import did_you_mean
 
 # Every SMP encoder in common use has output stride 32; odd sizes are padded up to it.
 PAD_DIVISOR = 32
@@ -59,7 +59,7 @@ def transform_names() -> list[str]:
     )
 
 
-def create_transform(
+def build_transform(
     spec: TransformSpec, where: str, ignore_index: int | None = None
 ) -> A.BasicTransform:
     """One Albumentations transform from its config entry; UserError names `where` on failure.
@@ -68,18 +68,14 @@ def create_transform(
     mask with it (Albumentations would fill 0, a class)."""
     cls: Any = getattr(A, spec.name, None)
     if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform)):
-        hint = difflib.get_close_matches(spec.name, transform_names(), n=1)
-        did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
-        raise UserError(
-            f"{where}.name: unknown Albumentations transform {spec.name!r}{did_you_mean}"
-        )
+        hint = did_you_mean(spec.name, transform_names())
+        raise UserError(f"{where}.name: unknown Albumentations transform {spec.name!r}{hint}")
     known = inspect.signature(cls).parameters
     unknown = sorted(set(spec.params) - set(known))
     if unknown:  # Albumentations only warns, and then ignores them
-        hint = difflib.get_close_matches(unknown[0], list(known), n=1)
-        did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
+        hint = did_you_mean(unknown[0], known)
         raise UserError(
-            f"{where}.params: {spec.name} has no parameter(s) {unknown}{did_you_mean} "
+            f"{where}.params: {spec.name} has no parameter(s) {unknown}{hint} "
             f"(known: {', '.join(known)})"
         )
     params = dict(spec.params)
@@ -96,6 +92,7 @@ def build_transforms(
     specs: list[TransformSpec],
     train: bool,
     section: str,
+    *,
     pad_divisor: int = PAD_DIVISOR,
     preset: str = "none",
     rotate90: bool = False,
@@ -110,7 +107,7 @@ def build_transforms(
     if train:
         steps += preset_transforms(data, preset, rotate90)
     steps += [
-        create_transform(spec, f"{section}[{i}]", data.ignore_index) for i, spec in enumerate(specs)
+        build_transform(spec, f"{section}[{i}]", data.ignore_index) for i, spec in enumerate(specs)
     ]
     if train:
         # Padded pixels are not data: they get ignore_index so the loss skips them.
@@ -193,7 +190,7 @@ def _affine(heavy: bool) -> TransformSpec:
             "rotate": (-angle, angle),
             "shear": (-8, 8) if heavy else 0,
             "border_mode": cv2.BORDER_CONSTANT,
-            "fill": 0,  # fill_mask comes from create_transform: ignore_index
+            "fill": 0,  # fill_mask comes from build_transform: ignore_index
             "p": 0.8 if heavy else 0.7,
         },
     )
@@ -228,5 +225,5 @@ def preset_transforms(data: DataConfig, preset: str, rotate90: bool) -> list[A.B
         )
     where = f"augment.preset={preset}"
     return [
-        create_transform(s, where, data.ignore_index) for s in preset_specs(data, preset, rotate90)
+        build_transform(s, where, data.ignore_index) for s in preset_specs(data, preset, rotate90)
     ]

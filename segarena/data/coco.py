@@ -20,8 +20,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from segarena.errors import UserError
-
-SHOWN = 5  # problems listed in one error message
+from segarena.util.text import problem_lines
 
 
 def read_coco(path: Path, classes: list[str]) -> list[tuple[dict, tuple]]:
@@ -49,8 +48,7 @@ def read_coco(path: Path, classes: list[str]) -> list[tuple[dict, tuple]]:
     except (AssertionError, KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path}: not a valid COCO json ({exc!r})") from None
     if problems:
-        listed = "\n  ".join(problems[:SHOWN])
-        raise UserError(f"{path}: {len(problems)} bad annotation(s):\n  {listed}")
+        raise UserError(f"{path}: {len(problems)} bad annotation(s):\n  {problem_lines(problems)}")
     return records
 
 

@@ -117,3 +117,8 @@ def val_loader(dataset: SegDataset, batch_size: int, num_workers: int) -> DataLo
         collate_fn=collate_full_masks,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 NCHW on the device -> float, normalised (done here, not in the workers)."""
+    return (images.float().div_(255.0) - mean) / std

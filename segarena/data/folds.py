@@ -9,8 +9,6 @@ every later run, so that runs, ensembles and out-of-fold predictions agree on th
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,9 +19,10 @@ from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, Shuffl
 from segarena.config import SplitConfig
 from segarena.data.readers import Sample
 from segarena.errors import UserError
+from segarena.util.files import atomic_output
+from segarena.util.text import examples
 
 ALWAYS_TRAIN = -1
-SHOWN = 5  # examples listed in one error message
 GROUPED = ("group", "stratified_group")
 
 
@@ -129,18 +128,12 @@ def write_folds(path: Path, samples: list[Sample], folds: list[int]) -> None:
         raise ValueError(f"{len(samples)} samples but {len(folds)} folds")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["id", "group", "fold", "classes"])
-            for sample, fold in zip(samples, folds, strict=True):
-                classes = " ".join(str(c) for c in sample.classes)
-                writer.writerow([sample.id, sample.group or sample.id, fold, classes])
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "group", "fold", "classes"])
+        for sample, fold in zip(samples, folds, strict=True):
+            classes = " ".join(str(c) for c in sample.classes)
+            writer.writerow([sample.id, sample.group or sample.id, fold, classes])
 
 
 def read_folds(path: Path, samples: list[Sample], split: SplitConfig) -> list[int]:
@@ -154,10 +147,10 @@ def read_folds(path: Path, samples: list[Sample], split: SplitConfig) -> list[in
     if extra or missing:
         parts = []
         if extra:
-            parts.append(f"{len(extra)} id(s) in the csv are not in the data: {_examples(extra)}")
+            parts.append(f"{len(extra)} id(s) in the csv are not in the data: {examples(extra)}")
         if missing:
             parts.append(
-                f"{len(missing)} sample id(s) are missing from the csv: {_examples(missing)}"
+                f"{len(missing)} sample id(s) are missing from the csv: {examples(missing)}"
             )
         raise UserError(f"{path} does not match the dataset: {'; '.join(parts)}; {fix}")
     folds = [fold_of[i] for i in ids]
@@ -208,7 +201,7 @@ def _check_groups(path: Path, samples: list[Sample], folds: list[int], fix: str)
     if split_groups:
         raise UserError(
             f"{path}: {len(split_groups)} group(s) lie in several folds "
-            f"({_examples(split_groups)}); the grouping changed since it was "
+            f"({examples(split_groups)}); the grouping changed since it was "
             f"written; {fix}"
         )
 
@@ -233,8 +226,3 @@ def fold_indices(folds: list[int], fold: int) -> tuple[list[int], list[int]]:
         raise UserError(f"fold {fold} does not exist; the folds are {existing}")
     train = [i for i, f in enumerate(folds) if f != fold]
     return train, val
-
-
-def _examples(items: list) -> str:
-    shown = ", ".join(str(item) for item in items[:SHOWN])
-    return shown + (f", ... ({len(items) - SHOWN} more)" if len(items) > SHOWN else "")

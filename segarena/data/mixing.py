@@ -7,7 +7,7 @@ It runs in the training loop, on the device, on normalised batches straight from
     loss = mixer.loss(loss_fn, model(images), targets)
 
 A batch gets at most one method, drawn with the configured per-batch probabilities. Every
-random draw comes from torch's global CPU generator, which segarena.train.fit reseeds each
+random draw comes from torch's global CPU generator, which segarena.train.fold reseeds each
 epoch, so a run mixes the same way whether or not it was resumed. With every probability 0
 no mixer is built and the loop is exactly the unmixed one.
 

@@ -17,9 +17,7 @@ Checks
 
 from __future__ import annotations
 
-import csv
 import os
-import re
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,11 +30,12 @@ from PIL import Image
 
 from segarena.config import DataConfig, Source, SplitConfig
 from segarena.data.coco import paint_shapes, read_coco, shape_rles
+from segarena.data.groups import group_ids
 from segarena.errors import UserError
+from segarena.util.text import examples, problem_lines
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_EXTS = (".png", ".tif", ".tiff", ".bmp")
-SHOWN = 5  # problems listed in one error message
 MASK_MODES = ("P", "L", "1", "I", "I;16", "I;16L", "I;16B")  # single-channel integer modes
 
 
@@ -54,7 +53,7 @@ class Sample:
     group: str = ""  # group key for grouped folds ("" = the id)
     classes: tuple[int, ...] = ()  # class ids present, ignore_index excluded, sorted
     role: str = "train"
-    # data.cleanse: set on training copies only (segarena.cleanse); load_mask applies it
+    # data.cleanse: set on training copies only (segarena.data.cleanse); load_mask applies it
     mask_fix: Callable[[np.ndarray], np.ndarray] | None = None
 
 
@@ -105,16 +104,9 @@ def _given_mask(sample: Sample) -> np.ndarray:
         raise UserError(f"{sample.image_path}: invalid COCO segmentation ({exc})") from None
 
 
-def _examples(items: list) -> str:
-    shown = ", ".join(str(item) for item in items[:SHOWN])
-    return shown + (f", ... ({len(items) - SHOWN} more)" if len(items) > SHOWN else "")
-
-
 def _raise_problems(problems: list[str], what: str) -> None:
     if problems:
-        listed = "\n  ".join(problems[:SHOWN])
-        more = f"\n  ... and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
-        raise UserError(f"{len(problems)} problem(s) in {what}:\n  {listed}{more}")
+        raise UserError(f"{len(problems)} problem(s) in {what}:\n  {problem_lines(problems)}")
 
 
 def _existing(path: Path, key: str, folder: bool) -> Path:
@@ -154,12 +146,12 @@ def _mask_folder(root: Path, source: Source, key: str) -> list[Sample]:
     if lonely_images:
         problems.append(
             f"{len(lonely_images)} image(s) in {root / source.images} have no mask "
-            f"<stem>{suffix}.png in {root / source.masks}: {_examples(lonely_images)}"
+            f"<stem>{suffix}.png in {root / source.masks}: {examples(lonely_images)}"
         )
     if lonely_masks:
         problems.append(
             f"{len(lonely_masks)} mask(s) in {root / source.masks} have no image in "
-            f"{root / source.images} (mask_suffix {suffix!r}): {_examples(lonely_masks)}"
+            f"{root / source.images} (mask_suffix {suffix!r}): {examples(lonely_masks)}"
         )
     if problems:
         raise UserError(f"{key}: " + "\n".join(problems))
@@ -263,7 +255,7 @@ def _check(sample: Sample, num_classes: int, ignore_index: int) -> tuple[Sample,
     bad = [v for v in present if not 0 <= v < num_classes and v != ignore_index]
     if bad:
         return sample, (
-            f"{sample.mask_path}: label values {_examples(bad)} are outside "
+            f"{sample.mask_path}: label values {examples(bad)} are outside "
             f"0..{num_classes - 1} and are not ignore_index {ignore_index}"
         )
     classes = tuple(v for v in present if v != ignore_index)
@@ -287,59 +279,10 @@ def _unique_ids(samples: list[Sample], root: Path) -> list[Sample]:
     samples = [s if stems[s.id] == 1 else replace(s, id=path_id(s.image_path)) for s in samples]
     twice = [i for i, n in Counter(s.id for s in samples).items() if n > 1]
     if twice:
-        raise UserError(f"data.sources: {len(twice)} image(s) are listed twice: {_examples(twice)}")
+        raise UserError(f"data.sources: {len(twice)} image(s) are listed twice: {examples(twice)}")
     return samples
 
 
 def _with_groups(samples: list[Sample], split: SplitConfig | None) -> list[Sample]:
-    if split is None or not (split.group_regex or split.group_csv):
-        return [replace(s, group=s.id) for s in samples]
-    if split.group_regex and split.group_csv:
-        raise UserError("split.group_regex and split.group_csv are both set; keep one of them")
-    ids = [s.id for s in samples]
-    groups = (
-        _regex_groups(ids, split.group_regex)
-        if split.group_regex
-        else _csv_groups(ids, Path(split.group_csv), split.group_column)
-    )
+    groups = group_ids([s.id for s in samples], split)
     return [replace(s, group=g) for s, g in zip(samples, groups, strict=True)]
-
-
-def _regex_groups(ids: list[str], regex: str) -> list[str]:
-    pattern = re.compile(regex)
-    groups, unmatched = [], []
-    for sample_id in ids:
-        match = pattern.search(sample_id)
-        group = None if match is None else match.group(1 if pattern.groups else 0)
-        if group is None:
-            unmatched.append(sample_id)
-        groups.append(group)
-    if unmatched:
-        raise UserError(
-            f"split.group_regex {regex!r} does not match {len(unmatched)} sample "
-            f"id(s): {_examples(unmatched)}"
-        )
-    return groups
-
-
-def _csv_groups(ids: list[str], path: Path, column: str) -> list[str]:
-    if not path.is_file():
-        raise UserError(f"split.group_csv: file {path} not found (relative to {Path.cwd()})")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            if not {"id", column} <= set(reader.fieldnames or []):
-                raise UserError(
-                    f"split.group_csv: {path} has columns {reader.fieldnames}; "
-                    f"expected 'id' and {column!r} (split.group_column)"
-                )
-            group_of = {row["id"]: row[column] for row in reader}
-    except (csv.Error, UnicodeDecodeError) as exc:
-        raise UserError(f"split.group_csv: {path} is not a readable csv ({exc})") from None
-    missing = [i for i in ids if i not in group_of]
-    if missing:
-        raise UserError(
-            f"split.group_csv: {path} has no group for {len(missing)} sample id(s): "
-            f"{_examples(missing)}"
-        )
-    return [group_of[i] for i in ids]

@@ -23,7 +23,7 @@ Margin
     tile is set to ignore_index and only the centre trains. Sides on the image's own edge keep
     their pixels: no context is cut there, and they would otherwise never train.
 
-Random positions come from numpy's global RNG, which segarena.train.fit seeds every epoch
+Random positions come from numpy's global RNG, which segarena.train.fold seeds every epoch
 and segarena.data.dataset seeds in each loader worker, so tiles are as reproducible as the
 augmentations are.
 """
@@ -84,6 +84,7 @@ def cut_tile(
     y: int,
     x: int,
     size: int,
+    *,
     margin: int,
     ignore_index: int,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -125,6 +126,7 @@ class TileDataset(SegDataset):
         transform: A.Compose,
         tiles: TilesConfig,
         ignore_index: int,
+        *,
         cache: bool = False,
         seed: int = 0,
     ):
@@ -190,7 +192,13 @@ class TileDataset(SegDataset):
         if y is None:
             y, x = self._random_position(mask)
         tile, tile_mask = cut_tile(
-            image, mask, y, x, self.tiles.size, self.tiles.margin, self.ignore_index
+            image,
+            mask,
+            y,
+            x,
+            self.tiles.size,
+            margin=self.tiles.margin,
+            ignore_index=self.ignore_index,
         )
         out = self.transform(image=tile, mask=tile_mask)
         return {

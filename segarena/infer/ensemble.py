@@ -13,24 +13,24 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import albumentations as A
 import numpy as np
 import torch
-import yaml
 from torch import Tensor, nn
 
-from segarena.config import Config, InferConfig, config_from_dict
+from segarena.config import Config, InferConfig
 from segarena.data.augment import build_transforms
+from segarena.data.dataset import normalize
 from segarena.errors import UserError
 from segarena.infer.options import infer_options
 from segarena.infer.sliding import infer_probs
-from segarena.models import build_model
-from segarena.train.checkpoint import fold_checkpoints, load_checkpoint
-from segarena.train.loop import normalize
+from segarena.model.build import build_model
+from segarena.run_dir.checkpoints import CHECKPOINT_KINDS, fold_checkpoints, load_checkpoint
+from segarena.run_dir.layout import RunDir
 
 
 @dataclass
@@ -46,12 +46,45 @@ class Member:
     precision: str
 
 
-def load_run_config(run_dir: Path) -> Config:
-    """The resolved config a run directory stores (no data folder needed)."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"{run_dir}: not a segarena run directory (no config.yaml)")
-    return config_from_dict(yaml.safe_load(path.read_text()), source=str(path))
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """Which trained models an inference command runs, and how: built once (by the CLI),
+    then handed to evaluate, predict and pseudo.
+
+    `weights` are per run directory (default: equal), split evenly among its folds;
+    `overrides` are inference options (tta, scales, merge, window, overlap,
+    sw_batch_size) over each run's config.infer; `folds` keeps only those folds."""
+
+    run_dirs: tuple[Path, ...]
+    checkpoint: str = "best"
+    weights: tuple[float, ...] | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    folds: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "run_dirs", tuple(Path(r) for r in self.run_dirs))
+        if not self.run_dirs:
+            raise UserError("no run directory given; expected one or more")
+        if self.checkpoint not in CHECKPOINT_KINDS:
+            raise UserError(
+                f"--checkpoint {self.checkpoint!r}: expected one of {', '.join(CHECKPOINT_KINDS)}"
+            )
+        weights = self.weights
+        if weights is not None and (
+            len(weights) != len(self.run_dirs) or min(weights) < 0 or sum(weights) <= 0
+        ):
+            raise UserError(
+                f"--weights {list(weights)}: expected {len(self.run_dirs)} weights >= 0 (one "
+                "per run directory), not all zero"
+            )
+
+    def with_folds(self, folds: Sequence[int] | None) -> EnsembleSpec:
+        return replace(self, folds=None if folds is None else tuple(folds))
+
+    @property
+    def run_weights(self) -> list[float]:
+        return [1.0] * len(self.run_dirs) if self.weights is None else list(self.weights)
 
 
 def pick_device(device: str) -> torch.device:
@@ -75,27 +108,15 @@ def _load_model(config: Config, path: Path, device: torch.device) -> nn.Module:
     return model.eval().to(device)
 
 
-def load_members(
-    run_dirs: Sequence[Path],
-    checkpoint: str = "best",
-    weights: Sequence[float] | None = None,
-    overrides: dict[str, Any] | None = None,
-    device: torch.device | str = "cpu",
-    folds: Sequence[int] | None = None,
-) -> list[Member]:
-    """Every fold's `checkpoint` of every run directory (only `folds`, when given);
-    UserError if their classes differ or a run has none of `folds`."""
-    weights = [1.0] * len(run_dirs) if weights is None else list(weights)
-    if len(weights) != len(run_dirs) or min(weights) < 0 or sum(weights) <= 0:
-        raise UserError(
-            f"--weights {weights}: expected {len(run_dirs)} weights >= 0 (one per run "
-            "directory), not all zero"
-        )
+def load_members(spec: EnsembleSpec, device: torch.device | str = "cpu") -> list[Member]:
+    """Every fold's `spec.checkpoint` of every run directory (only `spec.folds`, when
+    given); UserError if their classes differ or a run has none of those folds."""
+    run_dirs, weights, folds = spec.run_dirs, spec.run_weights, spec.folds
     device = torch.device(device)
     members: list[Member] = []
     first: Config | None = None
     for run_dir, run_weight in zip(map(Path, run_dirs), weights):
-        config = load_run_config(run_dir)
+        config = RunDir(run_dir).config()
         first = first or config
         if config.data.classes != first.data.classes:
             raise UserError(
@@ -104,15 +125,17 @@ def load_members(
             )
         checkpoints = [
             path
-            for fold, path in fold_checkpoints(run_dir, checkpoint)
+            for fold, path in fold_checkpoints(run_dir, spec.checkpoint)
             if folds is None or fold in folds
         ]
         if not checkpoints:
-            raise UserError(f"{run_dir}: no {checkpoint} checkpoint of fold(s) {list(folds)}")
+            raise UserError(
+                f"{run_dir}: no {spec.checkpoint} checkpoint of fold(s) {list(folds or [])}"
+            )
         transform = build_transforms(config.data, config.augment.val, False, "augment.val")
         mean = torch.tensor(config.data.mean).view(1, 3, 1, 1)
         std = torch.tensor(config.data.std).view(1, 3, 1, 1)
-        options = infer_options(config.infer, overrides)
+        options = infer_options(config.infer, spec.overrides)
         for path in checkpoints:
             members.append(
                 Member(
@@ -129,7 +152,7 @@ def load_members(
 
 
 class Ensemble:
-    """The weighted mean of its members' probabilities; `predict` takes one raw image."""
+    """The weighted mean of its members' probabilities; `probs` takes one raw image."""
 
     def __init__(self, members: list[Member], classes: list[str], device: torch.device):
         self.members = members
@@ -137,26 +160,18 @@ class Ensemble:
         self.device = device
 
     @classmethod
-    def from_runs(
-        cls,
-        run_dirs: Sequence[Path],
-        checkpoint: str = "best",
-        weights: Sequence[float] | None = None,
-        overrides: dict[str, Any] | None = None,
-        device: str = "auto",
-        folds: Sequence[int] | None = None,
-    ) -> Ensemble:
-        """Load the members of `run_dirs` (see `load_members`) on `device`."""
-        target = pick_device(device)
-        members = load_members(run_dirs, checkpoint, weights, overrides, target, folds)
-        return cls(members, load_run_config(Path(run_dirs[0])).data.classes, target)
+    def from_spec(cls, spec: EnsembleSpec) -> Ensemble:
+        """Load the members that `spec` names (see `load_members`) on its device."""
+        target = pick_device(spec.device)
+        members = load_members(spec, target)
+        return cls(members, RunDir(spec.run_dirs[0]).config().data.classes, target)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     @torch.inference_mode()
-    def predict(self, image: np.ndarray, out_size: tuple[int, int] | None = None) -> Tensor:
+    def probs(self, image: np.ndarray, out_size: tuple[int, int] | None = None) -> Tensor:
         """Probabilities [C,*out_size] (float32, on the CPU) of an HxWx3 uint8 RGB image;
         `out_size` defaults to the image's (H, W)."""
         out_size = tuple(out_size) if out_size is not None else image.shape[:2]

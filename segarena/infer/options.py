@@ -46,6 +46,7 @@ def parse_size(text: str | None, flag: str) -> tuple[int, int] | None:
 
 
 def cli_overrides(
+    *,
     tta: str | None = None,
     scales: str | None = None,
     merge: str | None = None,

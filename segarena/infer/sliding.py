@@ -24,7 +24,7 @@ windows but needs all of them in memory at once and a regular stride, and MONAI'
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -56,23 +56,22 @@ def gaussian_weights(
 def sliding_probs(
     model: nn.Module,
     image: Tensor,
-    window: tuple[int, int],
-    overlap: float = 0.5,
-    sw_batch_size: int = 4,
-    tta: str | Sequence[str] = "none",
-    scales: Sequence[float] = (1.0,),
-    merge: str = "mean",
+    options: InferConfig,
+    *,
     out_size: tuple[int, int] | None = None,
     prepare: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Class probabilities [C,*out_size] of one image [3,H,W], window by window, on the
-    image's device.
+    image's device, with the window, overlap, windows per pass and TTA of `options`.
 
     `image` is what the model takes, or (with `prepare`, applied to each batch of windows
     once on the model's device) e.g. raw uint8 pixels. A window larger than the image is
     shrunk to it (one window: the plain TTA prediction). Each forward pass holds
-    `sw_batch_size` x TTA views windows. Call under `torch.inference_mode()`.
+    `options.sw_batch_size` x TTA views windows. Call under `torch.inference_mode()`.
     """
+    if options.window is None:
+        raise ValueError("sliding_probs needs options.window (see infer_probs)")
+    window, overlap, sw_batch_size = options.window, options.overlap, options.sw_batch_size
     height, width = image.shape[-2:]
     win_h, win_w = min(window[0], height), min(window[1], width)
     # at least one pixel of stride: overlap close to 1 must not loop forever
@@ -98,7 +97,8 @@ def sliding_probs(
         batch = corners[first : first + sw_batch_size]
         crops = torch.stack([image[:, y : y + win_h, x : x + win_w] for y, x in batch])
         crops = crops.to(model_device)
-        probs = tta_probs(model, prepare(crops) if prepare else crops, tta, scales, merge)
+        views = prepare(crops) if prepare else crops
+        probs = tta_probs(model, views, options.tta, options.scales, options.merge)
         probs = probs.to(device)
         if out is None:  # the class count is known after the first forward pass
             classes = probs.shape[1]
@@ -146,21 +146,12 @@ def infer_probs(
     if window is None or (height <= window[0] and width <= window[1]):
         images = images.to(_device_of(model, images.device))
         images = prepare(images) if prepare is not None else images
-        return tta_probs(model, images, options.tta, options.scales, options.merge, out_size)
+        return tta_probs(
+            model, images, options.tta, options.scales, options.merge, out_size=out_size
+        )
     return torch.stack(
         [
-            sliding_probs(
-                model,
-                image,
-                window,
-                options.overlap,
-                options.sw_batch_size,
-                options.tta,
-                options.scales,
-                options.merge,
-                out_size,
-                prepare,
-            )
+            sliding_probs(model, image, options, out_size=out_size, prepare=prepare)
             for image in images
         ]
     )

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segarena.errors import UserError
-from segarena.models import predict_logits
+from segarena.model.build import forward_logits
 
 # name -> (hflip first?, quarter turns k): x -> rot90(hflip(x), k)
 VIEWS: dict[str, tuple[bool, int]] = {
@@ -104,6 +104,7 @@ def tta_probs(
     tta: str | Sequence[str] = "none",
     scales: Sequence[float] = (1.0,),
     merge: str = "mean",
+    *,
     out_size: tuple[int, int] | None = None,
 ) -> Tensor:
     """Merged class probabilities [N,C,*out_size] (float32) of the TTA views of `images`.
@@ -135,7 +136,7 @@ def view_logits(
         scaled = _rescale(images, scale)
         for group in _shape_groups(names, scaled.shape[-2:]):
             batch = torch.cat([apply_view(scaled, name) for name in group])
-            logits = predict_logits(model, batch).float()
+            logits = forward_logits(model, batch).float()
             for name, chunk in zip(group, logits.split(len(images))):
                 chunk = invert_view(chunk, name)
                 if tuple(chunk.shape[-2:]) != size:

@@ -25,9 +25,10 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
 from segarena.config import SwaConfig, TrainConfig
+from segarena.data.dataset import normalize
 from segarena.metrics import scores
-from segarena.train.checkpoint import save_atomic, unwrap
-from segarena.train.loop import normalize
+from segarena.model.build import unwrap
+from segarena.run_dir.checkpoints import save_atomic
 
 
 class HeldLr:

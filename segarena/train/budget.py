@@ -14,21 +14,19 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lightning_fabric import Fabric
 
 from segarena.config import Config, TrainConfig
 from segarena.errors import UserError
-from segarena.optim import build_scheduler
-from segarena.records import write_json_atomic
-from segarena.train.checkpoint import unwrap
-from segarena.train.loop import train_one_epoch, validate
-
-if TYPE_CHECKING:  # fit.py builds the parts and imports this module
-    from segarena.train.fit import FoldParts
+from segarena.model.build import unwrap
+from segarena.train.loop import StepSettings, train_one_epoch, validate
+from segarena.train.parts import FoldParts, fold_scheduler
+from segarena.train.state import EpochRecord, LoopState
+from segarena.util.files import write_json_atomic
 
 PROBE_TRAIN_STEPS = 8  # timed training steps; the first WARM_STEPS are not counted
 WARM_STEPS = 2  # worker start, first decodes, allocator and oneDNN warm-up
@@ -84,13 +82,13 @@ class FirstBatches:
 def time_training(train_steps, parts, steps: int) -> tuple[float, float]:
     """(seconds the first steps take beyond the steady pace, seconds per later step) over
     `steps` real training steps; the model and optimizer are put back afterwards."""
-    model_state = copy.deepcopy(unwrap(parts.model).state_dict())
-    optimizer_state = copy.deepcopy(parts.optimizer.state_dict())
+    model_state = copy.deepcopy(unwrap(parts.learner.model).state_dict())
+    optimizer_state = copy.deepcopy(parts.learner.optimizer.state_dict())
     marks: list[float] = []
     start = time.perf_counter()
     train_steps(FirstBatches(parts.loader, steps), lambda *_: marks.append(time.perf_counter()))
-    unwrap(parts.model).load_state_dict(model_state)
-    parts.optimizer.load_state_dict(optimizer_state)
+    unwrap(parts.learner.model).load_state_dict(model_state)
+    parts.learner.optimizer.load_state_dict(optimizer_state)
     warm = min(WARM_STEPS, len(marks) - 1)
     first = marks[warm] - start
     per_step = (marks[-1] - marks[warm]) / (len(marks) - 1 - warm) if len(marks) > 1 + warm else 0
@@ -118,7 +116,7 @@ def validations(epochs: int, val_every: int) -> int:
 
 def choose_epochs(
     available_s: float, train_epoch_s: float, val_s: float, finish_s: float, val_every: int,
-    done: int = 0, least: int = 1,
+    *, done: int = 0, least: int = 1,
 ) -> tuple[int, float]:  # fmt: skip
     """The epoch count (at least `least`) whose predicted time is nearest `available_s`, and
     that time; `done` epochs are already trained and their time is not in `available_s`."""
@@ -137,7 +135,7 @@ def choose_epochs(
 
 
 def plan_fold(
-    fabric: Fabric, train: TrainConfig, budget_s: float, fold: int, parts, train_steps,
+    fabric: Fabric, train: TrainConfig, budget_s: float, fold: int, parts, *, train_steps,
     validate_batches,
 ) -> Plan:  # fmt: skip
     """Measure this fold's speed and choose its epochs for `budget_s` seconds.
@@ -176,8 +174,9 @@ def plan_fold(
 
 
 def replan(
-    plan: Plan, fold_elapsed_s: float, epoch_s: float, val_every: int, swa: bool, validated: bool
-) -> Plan:
+    plan: Plan, fold_elapsed_s: float, epoch_s: float, val_every: int, *, swa: bool,
+    validated: bool,
+) -> Plan:  # fmt: skip
     """After epoch 1: the epoch count again, from that epoch's own time. A whole epoch can
     run slower than the probe's steady steps (its tail, loader restarts, a busier
     machine); the lr has barely left its peak, so lengthening or shortening the cosine
@@ -185,18 +184,18 @@ def replan(
     finish_s = plan.val_s * (2 if swa else 1)
     least = 1 if validated else 2  # finishing needs a validated checkpoint
     epochs, left_s = choose_epochs(
-        plan.budget_s - fold_elapsed_s, epoch_s, plan.val_s, finish_s, val_every, 1, least
+        plan.budget_s - fold_elapsed_s,
+        epoch_s,
+        plan.val_s,
+        finish_s,
+        val_every,
+        done=1,
+        least=least,
     )
     return Plan(
         plan.budget_s, epochs, fold_elapsed_s + left_s, plan.probe_s, epoch_s, plan.val_s,
         plan.train_images_per_s, replanned=True,
     )  # fmt: skip
-
-
-def fold_scheduler(config: Config, optimizer, loader_steps: int, epochs: int):
-    """The fold's lr schedule over `epochs` epochs of `loader_steps` batches."""
-    updates_per_epoch = math.ceil(loader_steps / config.train.accumulate)
-    return build_scheduler(optimizer, config.scheduler, epochs, updates_per_epoch)
 
 
 def plan_budget(
@@ -206,40 +205,51 @@ def plan_budget(
     epochs for `budget_s` seconds, and rebuild the lr schedule over them."""
     cfg_train, cfg_data = config.train, config.data
 
+    # the probe trains without the averaging hook: EMA and SWA must not see its steps
+    learner = replace(parts.learner, on_update=None)
+    settings = StepSettings.of(cfg_train)
+
     def train_steps(loader, on_step) -> None:
-        train_one_epoch(
-            fabric, parts.model, loader, parts.loss_fn, parts.optimizer, parts.scheduler, 0, 0,
-            parts.norm, accumulate=cfg_train.accumulate, grad_clip=cfg_train.grad_clip,
-            channels_last=cfg_train.channels_last, on_step=on_step, mixer=parts.mixer,
-        )  # fmt: skip
+        train_one_epoch(fabric, learner, loader, settings, LoopState(), on_step=on_step)
 
     def validate_batches(loader, on_probs) -> None:
         with fabric.autocast():
             validate(
-                fabric, parts.model, loader, cfg_data.num_classes, cfg_data.ignore_index,
-                parts.norm, on_probs=on_probs,
+                fabric, learner.model, loader, num_classes=cfg_data.num_classes,
+                ignore_index=cfg_data.ignore_index, mean_std=learner.norm, on_probs=on_probs,
             )  # fmt: skip
 
-    plan = plan_fold(fabric, cfg_train, budget_s, fold, parts, train_steps, validate_batches)
+    plan = plan_fold(
+        fabric, cfg_train, budget_s, fold, parts,
+        train_steps=train_steps, validate_batches=validate_batches,
+    )  # fmt: skip
     plan.epochs = fabric.broadcast(plan.epochs, src=0)  # every rank trains rank 0's plan
     if cfg_train.swa is not None and cfg_train.swa.start_epoch > plan.epochs:
         raise BudgetTooSmall(
             f"train.swa.start_epoch={cfg_train.swa.start_epoch}: fold {fold}'s budget fits only "
             f"{plan.epochs} epochs; lower start_epoch or raise train.budget_min"
         )
-    parts.scheduler = fold_scheduler(config, parts.optimizer, len(parts.loader), plan.epochs)
+    parts.learner.scheduler = fold_scheduler(
+        config, parts.learner.optimizer, len(parts.loader), plan.epochs
+    )
     return plan
 
 
-def replan_budget(config, fabric, parts: FoldParts, plan: Plan, state, record, fold_dir):
+def replan_budget(
+    config: Config, fabric: Fabric, parts: FoldParts, plan: Plan, state: LoopState, *,
+    record: EpochRecord, fold_dir: Path,
+) -> Plan:  # fmt: skip
     """train.budget_min after epoch 1: correct the epochs from its measured time, rebuild
     the lr schedule over them at the current update, and save the new plan."""
-    epoch_s, swa, validated = record["seconds"], config.train.swa is not None, "val_miou" in record
-    # state["seconds"]: the fold's time so far, over every session
-    plan = replan(plan, state["seconds"], epoch_s, config.train.val_every, swa, validated)
+    epoch_s, swa = record.seconds, config.train.swa is not None
+    # state.seconds: the fold's time so far, over every session
+    plan = replan(
+        plan, state.seconds, epoch_s, config.train.val_every, swa=swa, validated=record.validated
+    )
     plan.epochs = fabric.broadcast(plan.epochs, src=0)
-    parts.scheduler = fold_scheduler(config, parts.optimizer, len(parts.loader), plan.epochs)
-    parts.scheduler.step_update(state["num_updates"])
+    learner = parts.learner
+    learner.scheduler = fold_scheduler(config, learner.optimizer, len(parts.loader), plan.epochs)
+    learner.scheduler.step_update(state.num_updates)
     if fabric.is_global_zero:
         plan.save(fold_dir / "plan.json")
     fabric.print(f"fold {fold_dir.name.removeprefix('fold_')}: epoch 1 took {epoch_s:.0f} s -> "

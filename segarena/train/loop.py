@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from lightning_fabric import Fabric
 from torch import Tensor, nn
+from torch.optim import Optimizer
 
+from segarena.config import TrainConfig
+from segarena.data.dataset import normalize
 from segarena.data.mixing import BatchMixer
 from segarena.errors import TrainingError
 from segarena.metrics import ConfusionMatrix
-from segarena.models import predict_logits
+from segarena.model.build import forward_logits
+from segarena.train.state import LoopState
 
 
 @dataclass
@@ -35,83 +40,135 @@ class EpochStats:
         return self.images / max(self.seconds, 1e-9)
 
 
-def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW on the device -> float, normalised (done here, not in the workers)."""
-    return (images.float().div_(255.0) - mean) / std
+class Schedule(Protocol):
+    """An lr schedule stepped per optimizer update (segarena.train.optim.LrSchedule)."""
+
+    def step_update(self, num_updates: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How each step updates (train.accumulate, train.grad_clip, train.channels_last)."""
+
+    accumulate: int = 1
+    grad_clip: float | None = None
+    channels_last: bool = False
+
+    @classmethod
+    def of(cls, train: TrainConfig) -> StepSettings:
+        return cls(train.accumulate, train.grad_clip, train.channels_last)
+
+
+@dataclass
+class Learner:
+    """The model and everything a training step reads or changes to update it."""
+
+    model: nn.Module
+    optimizer: Optimizer
+    scheduler: Schedule
+    loss_fn: nn.Module
+    norm: tuple[Tensor, Tensor]  # mean and std, (1,3,1,1) on the device
+    mixer: BatchMixer | None = None  # augment.mixing: mixes each batch on the device
+    on_update: Callable[[], None] | None = None  # after every optimizer update (train.ema)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+
+class EpochMeter:
+    """Wraps the training loader: times the data wait and the epoch, sums the loss and
+    reports each step to `on_step(step, loss, lr, images/s)` (torchvision's log_every)."""
+
+    def __init__(self, loader, on_step: Callable[[int, float, float, float], None] | None):
+        self.loader, self.on_step = loader, on_step
+        self.total_loss, self.images, self.data_wait = 0.0, 0, 0.0
+        self.start = time.perf_counter()
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[int, dict]]:
+        self.start = fetch_start = time.perf_counter()
+        for step, batch in enumerate(self.loader):
+            self.data_wait += time.perf_counter() - fetch_start
+            yield step, batch
+            fetch_start = time.perf_counter()
+
+    def step_done(self, step: int, loss: float, images: int, lr: float) -> None:
+        self.total_loss += loss * images
+        self.images += images
+        if self.on_step is not None:
+            speed = self.images / (time.perf_counter() - self.start)
+            self.on_step(step + 1, loss, lr, speed)
+
+    def stats(self, lr: float) -> EpochStats:
+        seconds = time.perf_counter() - self.start
+        loss = self.total_loss / max(self.images, 1)
+        return EpochStats(loss, lr, self.images, seconds, self.data_wait)
 
 
 def train_one_epoch(
     fabric: Fabric,
-    model: nn.Module,
+    learner: Learner,
     loader,
-    loss_fn: nn.Module,
-    optimizer,
-    scheduler,
-    epoch: int,
-    num_updates: int,
-    mean_std: tuple[torch.Tensor, torch.Tensor],
-    accumulate: int = 1,
-    grad_clip: float | None = None,
-    channels_last: bool = False,
+    settings: StepSettings,
+    state: LoopState,
+    *,
     on_step: Callable[[int, float, float, float], None] | None = None,
-    mixer: BatchMixer | None = None,
-    on_update: Callable[[], None] | None = None,
-) -> tuple[EpochStats, int]:
-    """Train over `loader` once; returns the epoch's stats and the updated update count.
-    `mixer` (augment.mixing) mixes each normalised batch on the device before the forward;
-    `on_update()` runs after every optimizer update (train.ema averages the weights there)."""
-    model.train()
-    mean, std = mean_std
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    total_loss, images_seen, data_wait = 0.0, 0, 0.0
-    steps = len(loader)
-    start = time.perf_counter()
-    fetch_start = start
-    for step, batch in enumerate(loader):
-        data_wait += time.perf_counter() - fetch_start
-        images = normalize(batch["image"], mean, std)
-        targets = batch["mask"]
-        if mixer is not None:
-            images, targets = mixer(images, targets, model)
-        images = images.contiguous(memory_format=memory_format)
-        is_update = (step + 1) % accumulate == 0 or step + 1 == steps
-        with fabric.no_backward_sync(model, enabled=not is_update):
-            logits = model(images)
-            if mixer is None:
-                loss = loss_fn(logits, targets)
-            else:  # MixUp's loss has two terms
-                loss = mixer.loss(loss_fn, logits, targets)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise TrainingError(
-                    f"loss is {loss_value} at epoch {epoch + 1}, step {step + 1}: lower "
-                    "optimizer.lr, set train.grad_clip, or use train.precision=32-true"
-                )
-            fabric.backward(loss / accumulate)
+) -> EpochStats:
+    """Train over `loader` once (epoch `state.epoch + 1`), counting `state.num_updates`."""
+    learner.model.train()
+    meter = EpochMeter(loader, on_step)
+    for step, batch in meter:
+        images, targets = device_batch(batch, learner, settings)
+        is_update = (step + 1) % settings.accumulate == 0 or step + 1 == len(meter)
+        with fabric.no_backward_sync(learner.model, enabled=not is_update):
+            loss = backward(fabric, learner, images, targets, settings.accumulate)
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"loss is {loss} at epoch {state.epoch + 1}, step {step + 1}: lower "
+                "optimizer.lr, set train.grad_clip, or use train.precision=32-true"
+            )
         if is_update:
-            if grad_clip is not None:
-                fabric.clip_gradients(model, optimizer, max_norm=grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            num_updates += 1
-            scheduler.step_update(num_updates)
-            if on_update is not None:
-                on_update()
-        total_loss += loss_value * len(images)
-        images_seen += len(images)
-        lr = optimizer.param_groups[0]["lr"]
-        if on_step is not None:
-            on_step(step + 1, loss_value, lr, images_seen / (time.perf_counter() - start))
-        fetch_start = time.perf_counter()
-    seconds = time.perf_counter() - start
-    stats = EpochStats(
-        loss=total_loss / max(images_seen, 1),
-        lr=optimizer.param_groups[0]["lr"],
-        images=images_seen,
-        seconds=seconds,
-        data_wait=data_wait,
-    )
-    return stats, num_updates
+            update(fabric, learner, settings, state)
+        meter.step_done(step, loss, len(images), learner.lr)
+    return meter.stats(learner.lr)
+
+
+def device_batch(batch: dict, learner: Learner, settings: StepSettings) -> tuple[Tensor, Tensor]:
+    """Normalised images (mixed by augment.mixing) and targets of a batch on the device."""
+    images = normalize(batch["image"], *learner.norm)
+    targets = batch["mask"]
+    if learner.mixer is not None:
+        images, targets = learner.mixer(images, targets, learner.model)
+    memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+    return images.contiguous(memory_format=memory_format), targets
+
+
+def backward(fabric: Fabric, learner: Learner, images: Tensor, targets, accumulate: int) -> float:
+    """Forward, loss and backward of one batch; returns the loss."""
+    logits = learner.model(images)
+    if learner.mixer is None:
+        loss = learner.loss_fn(logits, targets)
+    else:  # MixUp's loss has two terms
+        loss = learner.mixer.loss(learner.loss_fn, logits, targets)
+    loss_value = loss.item()
+    if math.isfinite(loss_value):
+        fabric.backward(loss / accumulate)
+    return loss_value
+
+
+def update(fabric: Fabric, learner: Learner, settings: StepSettings, state: LoopState) -> None:
+    """One optimizer update: clip, step, zero the gradients, advance the schedule."""
+    if settings.grad_clip is not None:
+        fabric.clip_gradients(learner.model, learner.optimizer, max_norm=settings.grad_clip)
+    learner.optimizer.step()
+    learner.optimizer.zero_grad(set_to_none=True)
+    state.num_updates += 1
+    learner.scheduler.step_update(state.num_updates)
+    if learner.on_update is not None:
+        learner.on_update()
 
 
 def mask_probs(model: nn.Module, images: Tensor, mask_size: tuple[int, int]) -> Tensor:
@@ -121,7 +178,7 @@ def mask_probs(model: nn.Module, images: Tensor, mask_size: tuple[int, int]) -> 
     `evaluate` and `predict` (and the contests' "resize, then argmax") all follow, so a
     score measured here is the score of the submission that predict would write.
     """
-    probs = predict_logits(model, images).float().softmax(1)
+    probs = forward_logits(model, images).float().softmax(1)
     if tuple(probs.shape[-2:]) != tuple(mask_size):
         probs = F.interpolate(probs, size=tuple(mask_size), mode="bilinear", align_corners=False)
     return probs
@@ -132,6 +189,7 @@ def validate(
     fabric: Fabric,
     model: nn.Module,
     loader,
+    *,
     num_classes: int,
     ignore_index: int,
     mean_std: tuple[torch.Tensor, torch.Tensor],

@@ -1,0 +1,47 @@
+"""What every `segarena` command shares: the error handling and the common options.
+
+Bad input exits with code 2 and one clear message; a run that cannot go on exits with 1.
+Heavy imports (torch, SMP, MLflow) happen inside the commands so `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from segarena.errors import TrainingError, UserError
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # messages stay whole lines
+
+SetOption = typer.Option(
+    [], "--set", help="Override a config value, e.g. --set train.epochs=5 (repeatable)."
+)
+# Inference options shared by evaluate and predict; None keeps the run's config.infer value.
+TtaOption = typer.Option(None, "--tta", help="none, hflip, vflip or d4 (flips x rot90).")
+ScalesOption = typer.Option(None, "--scales", help="Input scales, e.g. 0.75,1.0,1.25.")
+MergeOption = typer.Option(None, "--merge", help="mean (of probabilities), gmean or logits.")
+WindowOption = typer.Option(None, "--window", help="Sliding window H,W (or N) in pixels.")
+OverlapOption = typer.Option(None, "--overlap", help="Sliding-window overlap in [0, 1).")
+SwBatchOption = typer.Option(None, "--sw-batch-size", help="Windows per forward pass.")
+
+
+def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn UserError into exit code 2 and TrainingError into 1, each with one message."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except UserError as exc:
+            err.print(f"[bold red]error:[/] {exc}")
+            sys.exit(2)
+        except TrainingError as exc:
+            err.print(f"[bold red]training stopped:[/] {exc}")
+            sys.exit(1)
+
+    return wrapper

@@ -1,0 +1,108 @@
+"""The training commands: train and split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from segarena.cli.common import SetOption, friendly_errors
+from segarena.errors import UserError
+
+
+@friendly_errors
+def train(
+    config: Path = typer.Argument(None, help="Experiment YAML (not needed with --resume)."),
+    fold: int = typer.Option(None, "--fold", help="Train this fold only (default 0)."),
+    folds: str = typer.Option(None, "--folds", help="'all' trains every fold and writes OOF."),
+    debug: bool = typer.Option(False, "--debug", help="Small subset, 2 epochs, loss must fall."),
+    resume: Path = typer.Option(None, "--resume", help="Continue a killed run directory."),
+    out: Path = typer.Option(None, "--out", help="Runs folder (default: records.out)."),
+    seeds: str = typer.Option(
+        None, "--seeds", help="One run per seed, e.g. 0,1,2: a seed ensemble."
+    ),
+    overrides: list[str] = SetOption,
+) -> None:
+    """Train a model (one fold, or every fold with --folds all)."""
+    from segarena.config import load_config
+    from segarena.train.experiment import train as run_training
+
+    if seeds is not None:
+        if resume is not None or config is None:
+            raise UserError("--seeds needs a CONFIG and starts new runs (not with --resume)")
+        run_dirs = []
+        for seed in _parse_seeds(seeds):
+            cfg = load_config(config, [*overrides, f"train.seed={seed}"])
+            out_dir = out if out is not None else Path(cfg.records.out)
+            run_dirs.append(run_training(cfg, out_dir, fold, folds == "all", debug))
+            _print_summary(run_dirs[-1])
+        typer.echo(
+            f"seed ensemble: segarena predict {' '.join(map(str, run_dirs))} --images DIR ..."
+        )
+        return
+
+    if folds not in (None, "all"):
+        raise UserError(f"--folds {folds!r}: expected 'all' (use --fold N for one fold)")
+    if resume is not None:
+        if overrides:
+            raise UserError("--set cannot change a resumed run; start a new run instead")
+        run_dir = run_training(None, resume.parent.parent, resume=resume)
+    else:
+        if config is None:
+            raise UserError("train: give a CONFIG file, or --resume RUN_DIR")
+        cfg = load_config(config, overrides)
+        out_dir = out if out is not None else Path(cfg.records.out)
+        run_dir = run_training(cfg, out_dir, fold, folds == "all", debug)
+    _print_summary(run_dir)
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {text!r}: expected distinct integers, e.g. 0,1,2")
+    return seeds
+
+
+def _print_summary(run_dir: Path) -> None:
+    from segarena.run_dir.layout import RunDir
+
+    summary = RunDir(run_dir).summary()
+    folds = ", ".join(f"{f['fold']}: {f['miou']:.4f}" for f in summary["folds"])
+    typer.echo(
+        f"mIoU {summary['miou']:.4f} (folds {folds}; mean {summary['miou_mean']:.4f} "
+        f"± {summary['miou_std']:.4f})"
+    )
+    if "pseudo_gain" in summary:  # data.pseudo: did the pseudo-labels help?
+        from segarena.run_dir.pseudo_gain import gain_line
+
+        typer.echo(gain_line(summary))
+    typer.echo(f"run directory: {run_dir}")
+
+
+@friendly_errors
+def split(
+    config: Path = typer.Argument(..., help="Experiment YAML."),
+    out: Path = typer.Option(None, "--out", help="Runs folder (default: records.out)."),
+    overrides: list[str] = SetOption,
+) -> None:
+    """Write (or check) the experiment's folds.csv and print each fold's size and groups."""
+    from collections import Counter
+
+    from segarena.config import load_config
+    from segarena.data.folds import load_or_create_folds
+    from segarena.data.readers import read_samples
+
+    cfg = load_config(config, overrides)
+    samples = read_samples(cfg.data, cfg.split)
+    path = (out if out is not None else Path(cfg.records.out)) / cfg.experiment / "folds.csv"
+    folds = load_or_create_folds(path, samples, cfg.split, cfg.data.num_classes)
+    counts = Counter(folds)
+    for k in sorted(counts):
+        groups = sorted({s.group for s, f in zip(samples, folds) if f == k})
+        shown = ", ".join(groups[:5]) + (" ..." if len(groups) > 5 else "")
+        label = "train only" if k == -1 else f"fold {k}"
+        typer.echo(f"{label}: {counts[k]} images, {len(groups)} groups ({shown})")
+    typer.echo(f"folds: {path}")

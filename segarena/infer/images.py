@@ -1,0 +1,50 @@
+"""Folders of images to predict: listing them, and decoding them in DataLoader workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from segarena.data.readers import IMAGE_EXTS, load_image
+from segarena.errors import UserError
+
+
+def list_images(images_dir: Path, ids: list[str] | None = None) -> list[tuple[str, Path]]:
+    """(id, path) of the images to predict: the sample's ids, or every image in the folder."""
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise UserError(f"--images {images_dir}: folder not found")
+    if ids is None:
+        paths = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+        if not paths:
+            raise UserError(f"--images {images_dir}: no {', '.join(IMAGE_EXTS)} files in it")
+        return [(p.relative_to(images_dir).as_posix(), p) for p in paths]
+    missing = [i for i in ids if not (images_dir / i).is_file()]
+    if missing:
+        raise UserError(
+            f"--images {images_dir}: {len(missing)} image(s) the sample lists are not there, "
+            f"e.g. {missing[:3]} (sample ids are paths relative to --images)"
+        )
+    return [(i, images_dir / i) for i in ids]
+
+
+class ImageFiles(Dataset):
+    """(id, HxWx3 uint8 RGB image) of each listed file."""
+
+    def __init__(self, items: list[tuple[str, Path]]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[str, np.ndarray]:
+        image_id, path = self.items[index]
+        return image_id, load_image(path)
+
+
+def as_is(item: Any) -> Any:
+    """Keep numpy arrays as they are (the default collate would make tensors of them)."""
+    return item

@@ -1,0 +1,57 @@
+"""`segarena predict`: an ensemble of run directories over a folder of images -> a submission.
+
+Images stream through one at a time (a DataLoader decodes the next ones in worker
+processes meanwhile), so memory holds one image, its probabilities and the models,
+whatever the folder's size. The submission is validated before it is moved into place.
+
+Image ids: with a sample submission, its ids (e.g. `batch_01_vt/0021.jpg`) name the
+files under --images, in the sample's order; without one, every image under --images
+(recursively, sorted) is predicted and its id is its path relative to --images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from segarena.infer.ensemble import Ensemble, EnsembleSpec
+from segarena.infer.images import ImageFiles, as_is, list_images
+from segarena.run_dir.layout import RunDir
+from segarena.submission.codecs import sample_image_ids
+from segarena.submission.writer import SubmissionWriter
+
+CONTEST_SIZE = (256, 256)  # the csv format's default mask size
+
+
+def write_submission(
+    spec: EnsembleSpec,
+    images: Path,
+    out: Path,
+    *,
+    fmt: str = "csv",
+    sample: Path | None = None,
+    size: tuple[int, int] | None = None,
+    workers: int = 0,
+) -> int:
+    """Predict every image with the ensemble `spec` names and write the `fmt` submission
+    to `out`; returns the image count.
+
+    `size` is the mask size: csv defaults to 256x256, rle and png to each image's own size.
+    Probabilities are resized (bilinear) to that size before the argmax.
+    """
+    if fmt == "csv" and size is None:
+        size = CONTEST_SIZE
+    # the images are listed first: a wrong sample or folder fails before models load
+    num_classes = RunDir(spec.run_dirs[0]).config().data.num_classes
+    ids = sample_image_ids(sample, fmt, num_classes) if sample else None
+    items = list_images(images, ids)
+    ensemble = Ensemble.from_spec(spec)
+    dtype = np.uint8 if ensemble.num_classes <= 256 else np.int32
+    loader = DataLoader(ImageFiles(items), batch_size=None, num_workers=workers, collate_fn=as_is)
+    with SubmissionWriter(fmt, Path(out), ensemble.num_classes, sample, size) as writer:
+        for image_id, image in loader:
+            probs = ensemble.probs(image, size or image.shape[:2])
+            writer.add(image_id, probs.argmax(0).numpy().astype(dtype))
+    return len(items)

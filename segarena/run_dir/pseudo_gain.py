@@ -1,0 +1,65 @@
+"""The gain of a pseudo-labelled run over the run whose models made its labels.
+
+summary.json's `pseudo` lists the data.pseudo folders; `pseudo_gain` compares the pooled
+mIoU with the first folder's first source run, when both scored the same validation images.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from segarena.run_dir.layout import RunDir
+
+
+def pseudo_summary(run_dir: RunDir, summary: dict[str, Any]) -> dict[str, Any]:
+    """summary.json's `pseudo` and `pseudo_gain` ({} for a run without data.pseudo): the gain
+    over the first folder's first source run, or None and `pseudo_gain_reason` when the two
+    runs were not scored on the same validation images."""
+    run_info = run_dir.info()
+    records = run_info.get("pseudo", [])
+    if not records:
+        return {}
+    gain, reason = _gain(records, run_dir, run_info, summary)
+    return {"pseudo": records, "pseudo_gain": gain, "pseudo_gain_reason": reason}
+
+
+def _gain(records, run_dir: RunDir, run_info: dict, summary: dict):
+    if not records[0]["source_runs"]:
+        return None, f"{records[0]['folder']} names no source run"
+    source = RunDir(records[0]["source_runs"][0])
+    if not source.summary_path.is_file():
+        return None, f"source run {source} has no summary.json (not finished, or moved)"
+    if run_info.get("debug"):
+        return None, "a --debug run scores a subset of the validation images"
+    theirs, ours = source.folds_path, run_dir.folds_path
+    if not theirs.is_file() or theirs.read_bytes() != ours.read_bytes():
+        return None, f"source run {source} has another folds.csv: other validation images"
+    before = source.summary()
+    folds_before = sorted(f["fold"] for f in before.get("folds", []))
+    folds_now = sorted(f["fold"] for f in summary["folds"])
+    if folds_before != folds_now:
+        return None, f"source run {source} trained folds {folds_before}, this run {folds_now}"
+    per_class = {
+        name: iou - before["per_class_iou"][name]
+        for name, iou in summary["per_class_iou"].items()
+        if name in before.get("per_class_iou", {})
+    }
+    gain = {
+        "source_run": str(source.path),
+        "source_miou": before["miou"],
+        "miou": summary["miou"],
+        "gain": summary["miou"] - before["miou"],
+        "per_class_gain": per_class,
+    }
+    return gain, None
+
+
+def gain_line(summary: dict[str, Any]) -> str:
+    """One line for the end of training: did the pseudo-labels help?"""
+    gain = summary["pseudo_gain"]
+    if gain is None:
+        return f"pseudo-labels: no gain figure ({summary.get('pseudo_gain_reason')})"
+    return (
+        f"pseudo-labels: mIoU {gain['miou']:.4f} vs {gain['source_miou']:.4f} of source run "
+        f"{gain['source_run']} ({gain['gain']:+.4f})"
+    )

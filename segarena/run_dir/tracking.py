@@ -1,0 +1,161 @@
+"""Run directories and experiment records (JSON files and MLflow).
+
+OUT/<experiment>/<run_id>/ holds config.yaml, folds.csv, env.json, run.json,
+fold_<k>/{best.ckpt,last.ckpt,metrics.jsonl,oof/} and summary.json: a run describes
+itself, so evaluate and predict need only its directory.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from segarena.config import Config
+
+PACKAGES = [
+    "segarena",
+    "torch",
+    "torchvision",
+    "segmentation-models-pytorch",
+    "timm",
+    "albumentations",
+    "lightning-fabric",
+    "numpy",
+    "opencv-python-headless",
+    "mlflow-skinny",
+]
+
+
+def new_run_dir(out: Path, experiment: str, debug: bool) -> Path:
+    """A fresh OUT/<experiment>/<timestamp> folder (suffixed if two runs start in one second)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S") + ("-debug" if debug else "")
+    base = out / experiment
+    base.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        run_dir = base / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a run directory under {base}")
+
+
+def _git_sha(cwd: Path) -> dict[str, Any] | None:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
+        return {"sha": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def environment(device: str, seed: int) -> dict[str, Any]:
+    """Versions, git state of segarena and of the working directory, device and seed."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "versions": versions,
+        "git_segarena": _git_sha(Path(__file__).resolve().parent),
+        "git_workdir": _git_sha(Path.cwd()),
+        "device": device,
+        "seed": seed,
+        "argv": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted paths of a nested dict; lists are one value (loss.terms is one setting), and
+    an empty dict has no paths (kwargs {} -> {a: 1} is the one change kwargs.a)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+class Tracker:
+    """MLflow logging for one run (SQLite store OUT/mlflow.db unless a URI is configured).
+
+    A no-op when records.mlflow is false. MLflow is imported lazily: it costs seconds.
+    """
+
+    def __init__(self, config: Config, out: Path, run_dir: Path, run_id: str | None):
+        self.enabled = config.records.mlflow
+        self.run_id = run_id
+        if not self.enabled:
+            return
+        import logging
+
+        import mlflow
+
+        # Creating the SQLite store logs alembic migrations at INFO: noise for the user.
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        uri = config.records.tracking_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+        self.client = mlflow.MlflowClient(uri)
+        if self.run_id is None:
+            found = self.client.get_experiment_by_name(config.experiment)
+            # Artifacts default to ./mlruns in the working directory: keep them beside the db.
+            artifacts = (out / "mlflow-artifacts" / config.experiment).resolve().as_uri()
+            exp_id = (
+                found.experiment_id
+                if found
+                else self.client.create_experiment(config.experiment, artifact_location=artifacts)
+            )
+            run = self.client.create_run(
+                exp_id, run_name=run_dir.name, tags={"run_dir": str(run_dir)}
+            )
+            self.run_id = run.info.run_id
+            params = flatten(config.model_dump(mode="json"))
+            # MLflow caps a param value at 6000 characters; long lists are truncated, not lost:
+            # the full config is in the run directory.
+            self.client.log_batch(
+                self.run_id,
+                params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()],
+            )
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if not self.enabled:
+            return
+        import mlflow
+
+        stamp = int(time.time() * 1000)
+        rows = [
+            mlflow.entities.Metric(k, float(v), stamp, step)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and v == v
+        ]
+        self.client.log_batch(self.run_id, metrics=rows)
+
+    def discard(self) -> None:
+        """Delete the MLflow run of a run directory that never started training."""
+        if self.enabled:
+            self.client.delete_run(self.run_id)
+
+    def finish(self, summary_path: Path | None, status: str = "FINISHED") -> None:
+        if not self.enabled:
+            return
+        if summary_path is not None and summary_path.is_file():
+            self.client.log_artifact(self.run_id, str(summary_path))
+        self.client.set_terminated(self.run_id, status=status)

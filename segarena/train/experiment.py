@@ -1,0 +1,302 @@
+"""A training run: samples -> folds -> one fit per fold -> summary.json, records, MLflow."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from lightning_fabric import Fabric
+
+from segarena.config import Config, config_from_dict
+from segarena.data.cleanse import cleanse_training
+from segarena.data.folds import fold_indices, load_or_create_folds
+from segarena.data.pseudo_source import pseudo_records, pseudo_samples
+from segarena.data.readers import Sample, read_samples
+from segarena.errors import TrainingError, UserError
+from segarena.metrics import scores
+from segarena.model.build import build_model
+from segarena.model.weights import weights_record
+from segarena.run_dir.layout import CONFIG, FOLDS, RUN, RunDir
+from segarena.run_dir.pseudo_gain import pseudo_summary
+from segarena.run_dir.tracking import Tracker, environment
+from segarena.train.budget import BudgetTooSmall, budget_line, budget_summary
+from segarena.train.fold import TrainHooks, fit_fold
+from segarena.train.parts import FoldData
+
+
+def select_folds(config: Config, fold: int | None, all_folds: bool) -> list[int]:
+    """The folds to train: `--folds all`, `--fold N`, or fold 0."""
+    count = config.split.fold_count
+    if all_folds:
+        return list(range(count))
+    fold = 0 if fold is None else fold
+    if not 0 <= fold < count:
+        raise UserError(
+            f"--fold {fold}: expected 0..{count - 1} for split.method="
+            f"{config.split.method} with {count} fold(s)"
+        )
+    return [fold]
+
+
+def debug_config(config: Config) -> Config:
+    """--debug: 2 epochs, validation every epoch, no early stopping."""
+    raw = config.model_dump(mode="json")
+    raw["train"].update(epochs=2, budget_min=None, val_every=1, early_stopping=None)
+    if raw["train"].get("swa"):  # SWA still runs, from epoch 2 at the latest
+        raw["train"]["swa"]["start_epoch"] = min(raw["train"]["swa"]["start_epoch"], 2)
+    return config_from_dict(raw, source="--debug")
+
+
+def run_pseudo_samples(config: Config, samples: list[Sample], debug: bool) -> list[Sample]:
+    """data.pseudo's training samples (a seeded subset under --debug), checked once a run."""
+    limit = config.train.debug_samples if debug else None
+    return pseudo_samples(config.data, samples, limit, config.train.seed)
+
+
+def fold_data(
+    samples: list[Sample],
+    folds: list[int],
+    fold: int,
+    config: Config,
+    *,
+    debug: bool,
+    pseudo: list[Sample] | None = None,
+) -> FoldData:
+    """Fold `fold`'s training and validation samples; `pseudo` (data.pseudo's samples, read
+    here when not given) join the training set only."""
+    train_idx, val_idx = fold_indices(folds, fold)
+    if debug:  # a small, seeded subset keeps a debug run to seconds
+        rng = random.Random(config.train.seed)
+        n = config.train.debug_samples
+        train_idx = sorted(rng.sample(train_idx, min(n, len(train_idx))))
+        val_idx = sorted(rng.sample(val_idx, min(max(n // 2, 1), len(val_idx))))
+    # data.cleanse edits (or drops) training samples only: validation masks stay as given
+    train = cleanse_training([samples[i] for i in train_idx], config.data)
+    # data.pseudo: model-labelled images train every fold; they never validate
+    train += run_pseudo_samples(config, samples, debug) if pseudo is None else pseudo
+    if not train or not val_idx:
+        raise UserError(
+            f"fold {fold} has {len(train)} training and {len(val_idx)} "
+            "validation samples; both must be non-empty"
+        )
+    return FoldData(train, [samples[i] for i in val_idx])
+
+
+def start_run(
+    config: Config, out: Path, folds_to_train: list[int], debug: bool, samples: list[Sample]
+) -> tuple[RunDir, dict[str, Any], list[int]]:
+    """Create the run directory with its resolved config, folds.csv and run.json."""
+    pseudo = pseudo_records(config.data, samples)  # checked before the run directory exists
+    experiment_dir = out / config.experiment
+    folds = load_or_create_folds(
+        experiment_dir / "folds.csv", samples, config.split, config.data.num_classes
+    )
+    run_dir = RunDir.create(out, config.experiment, debug)
+    run_dir.write_config(config)
+    shutil.copyfile(experiment_dir / "folds.csv", run_dir.folds_path)
+    run_info = {
+        "run_id": run_dir.name,
+        "experiment": config.experiment,
+        "folds": folds_to_train,
+        "debug": debug,
+        "mlflow_run_id": None,
+        "pseudo": pseudo,
+    }
+    run_dir.write_info(run_info)
+    return run_dir, run_info, folds
+
+
+@dataclass
+class Session:
+    """What one training session works on: a new run directory, or a resumed one."""
+
+    config: Config
+    run_dir: RunDir
+    run_info: dict[str, Any]
+    samples: list[Sample]
+    folds: list[int]
+    debug: bool
+    resumed: bool
+    started: float = field(default_factory=time.perf_counter)
+    in_folds: float = 0.0  # this session's seconds inside fit_fold
+
+    @property
+    def outside_folds(self) -> float:
+        """This session's seconds outside the folds so far (start-up, summary)."""
+        return time.perf_counter() - self.started - self.in_folds
+
+
+def train(
+    config: Config | None,
+    out: Path,
+    fold: int | None = None,
+    all_folds: bool = False,
+    debug: bool = False,
+    *,
+    resume: Path | None = None,
+    hooks: TrainHooks | None = None,
+) -> Path:
+    """Run (or resume) training; returns the run directory holding summary.json.
+    `hooks` reach into every fold's loop (segarena.train.fold.TrainHooks)."""
+    if resume is not None:
+        session = resume_session(resume)
+    else:
+        assert config is not None
+        session = new_session(config, out, select_folds(config, fold, all_folds), debug)
+    config, run_dir = session.config, session.run_dir
+    fabric = start_fabric(config)
+    tracker = record_start(session, fabric)
+    fabric.print(f"run directory: {run_dir}")
+    results: list[dict[str, Any]] = []
+    try:
+        train_folds(session, fabric, tracker, hooks, results)
+        summary = summarize(config, results)
+        if config.train.budget_min is not None:
+            budget = budget_summary(config.train.budget_min, results, session.outside_folds)
+            summary["budget"] = budget
+            fabric.print(budget_line(budget))
+        summary.update(pseudo_summary(run_dir, summary))
+        run_dir.write_summary(summary)
+        tracker.log_metrics({"miou": summary["miou"], "miou_std": summary["miou_std"]}, 0)
+        tracker.finish(run_dir.summary_path)
+    except BudgetTooSmall:
+        if not session.resumed and not results:  # nothing trained: leave no run behind
+            tracker.discard()
+            shutil.rmtree(run_dir.path)
+        else:
+            tracker.finish(None, status="FAILED")
+        raise
+    except BaseException:
+        tracker.finish(None, status="KILLED")
+        raise
+    if session.debug:
+        check_loss_fell(results)
+    return run_dir.path
+
+
+def new_session(config: Config, out: Path, folds_to_train: list[int], debug: bool) -> Session:
+    """Check the data and the model, then create the run directory."""
+    config = debug_config(config) if debug else config
+    samples = read_samples(config.data, config.split)
+    # a model (and weights) that cannot be built fails here, before any file is written
+    build_model(config.model, config.data.num_classes)
+    run_dir, run_info, folds = start_run(config, out, folds_to_train, debug, samples)
+    return Session(config, run_dir, run_info, samples, folds, debug, resumed=False)
+
+
+def resume_session(path: Path) -> Session:
+    """Reload a killed run's own config, run.json, samples and folds.csv."""
+    run_dir = RunDir(path).check((RUN, CONFIG, FOLDS))
+    config, run_info = run_dir.config(), run_dir.info()
+    samples, folds = run_dir.samples_and_folds(config)
+    return Session(config, run_dir, run_info, samples, folds, run_info["debug"], resumed=True)
+
+
+def record_start(session: Session, fabric: Fabric) -> Tracker:
+    """env.json, the weights record and the MLflow run (created, or reopened on resume)."""
+    config, run_dir, run_info = session.config, session.run_dir, session.run_info
+    weights = weights_record(config.model)
+    env = environment(str(fabric.device), config.train.seed)
+    run_dir.write_env({**env, "weights": weights})
+    run_info["weights"] = weights
+    out = run_dir.path.parent.parent
+    tracker = Tracker(config, out, run_dir.path, run_info.get("mlflow_run_id"))
+    run_info["mlflow_run_id"] = tracker.run_id
+    run_dir.write_info(run_info)
+    return tracker
+
+
+def train_folds(
+    session: Session, fabric: Fabric, tracker: Tracker, hooks: TrainHooks | None, results: list
+) -> None:
+    """Train (or skip, when finished) each fold of the run, appending its result."""
+    config, folds_to_train = session.config, session.run_info["folds"]
+    pseudo = run_pseudo_samples(config, session.samples, session.debug)
+    for k in folds_to_train:
+        data = fold_data(
+            session.samples, session.folds, k, config, debug=session.debug, pseudo=pseudo
+        )
+        extra = f" ({len(pseudo)} pseudo-labelled)" if config.data.pseudo else ""
+        fabric.print(f"fold {k}: {len(data.train)} train{extra} / {len(data.val)} val images")
+        share = fold_budget_s(config, results, len(folds_to_train), session.outside_folds)
+        fold_start = time.perf_counter()
+        fold_dir = session.run_dir.fold_dir(k)
+        result = fit_fold(
+            config, fabric, data, fold_dir, k, tracker=tracker, budget_s=share, hooks=hooks
+        )
+        results.append(result)
+        session.in_folds += time.perf_counter() - fold_start
+
+
+def fold_budget_s(
+    config: Config, results: list[dict], folds: int, outside_folds: float
+) -> float | None:
+    """train.budget_min: the next fold's seconds, an equal share of what is left. Spent are
+    the finished folds' own seconds (over every session, for a resumed run) and this
+    session's time outside the folds (start-up)."""
+    if config.train.budget_min is None:
+        return None
+    spent = outside_folds + sum(r["seconds"] for r in results)
+    return (config.train.budget_min * 60 - spent) / (folds - len(results))
+
+
+def start_fabric(config: Config) -> Fabric:
+    try:
+        fabric = Fabric(
+            accelerator=config.train.accelerator,
+            devices=config.train.devices,
+            precision=config.train.precision,
+        )
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise UserError(f"train.accelerator/devices/precision: {exc}") from None
+    fabric.launch()
+    return fabric
+
+
+FOLD_KEYS = ("fold", "miou", "best_epoch", "epochs", "swa_miou")  # summary.json per fold
+
+
+def summarize(config: Config, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pooled (OOF) and per-fold scores; `miou` is the pooled mIoU of all folds' val images."""
+    pooled = scores(np.sum([np.array(r["confusion"]) for r in results], axis=0))
+    fold_mious = [r["miou"] for r in results]
+    return {
+        "miou": pooled["miou"],
+        "miou_mean": float(np.mean(fold_mious)),
+        "miou_std": float(np.std(fold_mious)),
+        "per_class_iou": dict(zip(config.data.classes, pooled["per_class_iou"])),
+        "pixel_acc": pooled["pixel_acc"],
+        "folds": [{k: r[k] for k in FOLD_KEYS if k in r} for r in results],
+        "epochs": config.train.epochs or [r["epochs"] for r in results],
+        "train_images_per_s": float(np.mean([r["train_images_per_s"] for r in results])),
+        "data_wait_share": float(np.mean([r["data_wait_share"] for r in results])),
+        **swa_summary(results),
+    }
+
+
+def swa_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """train.swa: the pooled mIoU of the folds' swa.ckpt, when every fold has one."""
+    if not results or any("swa_confusion" not in r for r in results):
+        return {}
+    pooled = scores(np.sum([np.array(r["swa_confusion"]) for r in results], axis=0))
+    return {"swa_miou": pooled["miou"]}
+
+
+# A fall smaller than this is float noise from batch order, not learning.
+DEBUG_MIN_RELATIVE_FALL = 0.01
+
+
+def check_loss_fell(results: list[dict[str, Any]]) -> None:
+    """--debug contract: the training loss must fall (by >= 1%) from the first to the last epoch."""
+    for r in results:
+        losses = r["train_loss"]
+        if len(losses) >= 2 and not losses[-1] <= losses[0] * (1 - DEBUG_MIN_RELATIVE_FALL):
+            raise TrainingError(
+                f"debug check failed: fold {r['fold']} training loss did not fall "
+                f"({losses[0]:.4f} -> {losses[-1]:.4f}); check labels, lr and augmentations"
+            )

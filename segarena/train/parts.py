@@ -1,0 +1,127 @@
+"""What one fold trains with: its datasets and loaders, and the Learner (model, optimizer,
+schedule, loss, mixer), set up on Fabric; and the seeding that makes epochs repeatable."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from lightning_fabric import Fabric
+from torch.utils.data import DataLoader
+
+from segarena.config import Config
+from segarena.data.augment import PAD_DIVISOR, build_transforms
+from segarena.data.dataset import SegDataset, train_loader, val_loader
+from segarena.data.mixing import build_mixer
+from segarena.data.readers import Sample
+from segarena.data.sampling import build_sampler
+from segarena.data.tiles import TileDataset
+from segarena.model.build import build_model
+from segarena.train.averaging import Averaging
+from segarena.train.loop import Learner
+from segarena.train.losses import build_loss
+from segarena.train.optim import LrSchedule, build_optimizer, build_scheduler
+
+
+@dataclass
+class FoldData:
+    train: list[Sample]
+    val: list[Sample]
+
+
+@dataclass
+class FoldParts:
+    """Everything one fold trains with, set up on Fabric."""
+
+    learner: Learner
+    train_ds: SegDataset
+    loader: DataLoader
+    vloader: DataLoader
+    generator: torch.Generator  # the training batch order
+    averaging: Averaging  # EMA, SWA, top-k
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def reseed(parts: FoldParts, seed: int) -> None:
+    """Seed all an epoch draws from: batch order, augmentations, dropout, random tiles."""
+    seed_everything(seed)
+    parts.generator.manual_seed(seed)
+    parts.train_ds.transform.set_random_seed(seed)
+
+
+def mean_std(config: Config, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(config.data.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(config.data.std, device=device).view(1, 3, 1, 1)
+    return mean, std
+
+
+def train_dataset(config: Config, samples: list[Sample]) -> SegDataset:
+    """Whole training images, or tiles of them (data.tiles), through augment.train."""
+    cfg_data = config.data
+    # a downconv model runs at 1/k size: its input must divide by k times the encoder stride
+    pad = PAD_DIVISOR * config.model.downconv
+    augment = config.augment
+    transform = build_transforms(
+        cfg_data, augment.train, True, "augment.train",
+        pad_divisor=pad, preset=augment.preset, rotate90=augment.rotate90,
+    )  # fmt: skip
+    if cfg_data.tiles is None:
+        return SegDataset(samples, transform, cache=cfg_data.cache)
+    return TileDataset(
+        samples, transform, cfg_data.tiles, cfg_data.ignore_index,
+        cache=cfg_data.cache, seed=config.train.seed,
+    )  # fmt: skip
+
+
+def fold_scheduler(config: Config, optimizer, loader_steps: int, epochs: int) -> LrSchedule:
+    """The fold's lr schedule over `epochs` epochs of `loader_steps` batches."""
+    updates_per_epoch = math.ceil(loader_steps / config.train.accumulate)
+    return build_scheduler(optimizer, config.scheduler, epochs, updates_per_epoch)
+
+
+def build_parts(config: Config, fabric: Fabric, data: FoldData, fold_dir, epochs: int) -> FoldParts:
+    """Datasets, loaders, model, optimizer, schedule (over `epochs`), loss, mixer and
+    averaging of one fold."""
+    cfg_train, cfg_data = config.train, config.data
+    seed_everything(cfg_train.seed)
+    train_ds = train_dataset(config, data.train)
+    val_transform = build_transforms(cfg_data, config.augment.val, False, "augment.val")
+    val_ds = SegDataset(data.val, val_transform, full_mask=True, cache=cfg_data.cache)
+    generator = torch.Generator()
+    sampler = build_sampler(cfg_train.sampler, train_ds.item_classes, generator)
+    loader = train_loader(train_ds, cfg_train.batch_size, cfg_data.num_workers, generator, sampler)
+    vloader = val_loader(val_ds, cfg_train.batch_size, cfg_data.num_workers)
+
+    model = build_model(config.model, cfg_data.num_classes)
+    if cfg_train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, config.optimizer)
+    scheduler = fold_scheduler(config, optimizer, len(loader), epochs)
+    model, optimizer = fabric.setup(model, optimizer)
+    averaging = Averaging(cfg_train, model, optimizer, fold_dir)
+    learner = Learner(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loss_fn=build_loss(config.loss, cfg_data.num_classes, cfg_data.ignore_index),
+        norm=mean_std(config, fabric.device),
+        mixer=build_mixer(config.augment.mixing, cfg_data.num_classes, cfg_data.ignore_index),
+        on_update=averaging.on_update,
+    )
+    return FoldParts(
+        learner=learner,
+        train_ds=train_ds,
+        loader=fabric.setup_dataloaders(loader),
+        vloader=fabric.setup_dataloaders(vloader, move_to_device=False),
+        generator=generator,
+        averaging=averaging,
+    )

@@ -1,0 +1,79 @@
+"""Writing files so that readers never see half of one, and JSON-lines records.
+
+Every file segarena writes goes through `atomic_output`: the content is written to a
+hidden sibling (`.name.tmp`), then renamed over the target. A crash, a kill or a full disk
+leaves the old file (or none) and removes the temporary one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def temporary_sibling(path: Path) -> Path:
+    """The hidden temporary name `atomic_output` writes `path` under."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+def remove(path: Path) -> None:
+    """Remove a file or a folder tree, if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Yield a temporary path to write; rename it over `path` when the block succeeds.
+
+    The temporary path may become a file or a folder. An existing folder at `path` is
+    replaced whole (moved aside, then removed once the new one is in place). When the
+    block raises, the temporary path is removed and the target is left as it was.
+    """
+    path = Path(path)
+    tmp = temporary_sibling(path)
+    remove(tmp)
+    try:
+        yield tmp
+        if path.is_dir() and tmp.is_dir() and any(path.iterdir()):
+            old = path.with_name(f".{path.name}.old")
+            remove(old)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            remove(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        remove(tmp)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text through a temporary file and a rename."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON (indented, non-JSON values as str) through a temporary file and a rename."""
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON record as a line (a torn last line is skipped by `read_jsonl`)."""
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file ([] when it does not exist)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
