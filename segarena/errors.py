@@ -14,3 +14,15 @@ class TrainingError(Exception):
 
     The CLI prints it and exits with code 1: the input was valid, the run was not.
     """
+
+
+# A DataLoader worker's error is re-raised in the main process as the same type with a
+# message of "Caught UserError in DataLoader worker process N. Original Traceback ...".
+WORKER_MARK, OWN_MESSAGE = "in DataLoader worker process", "segarena.errors.UserError: "
+
+
+def worker_free(message: str) -> str:
+    """A UserError's own message, without the worker traceback torch wraps around it."""
+    if WORKER_MARK in message and OWN_MESSAGE in message:
+        return message.rsplit(OWN_MESSAGE, 1)[1].strip()
+    return message

@@ -125,7 +125,7 @@ def test_swa_averages_epoch_ends_and_recomputes_bn(tmp_path):
     assert lrs[1] == lrs[0] and lrs[2:] == pytest.approx([5e-4, 5e-4])
     result = json.loads((fold_dir / "result.json").read_text())
     assert result["swa_miou"] == averaged["miou"]
-    # the score of swa.ckpt's own validation pass, not the last epoch's
+    # ... and it is the mIoU of the confusion matrix of swa.ckpt's validation pass
     assert result["swa_miou"] == pytest.approx(miou_of(result["swa_confusion"])[0], abs=1e-12)
     assert averaged["epoch"] == 4
     summary = json.loads((run_dir / "summary.json").read_text())

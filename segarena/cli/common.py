@@ -6,6 +6,7 @@ Heavy imports (torch, SMP, MLflow) happen inside the commands so `--help` stays 
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from collections.abc import Callable
@@ -13,8 +14,10 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from segarena.errors import TrainingError, UserError
+from segarena.errors import TrainingError, UserError, worker_free
+from segarena.util.files import disk_full_message
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # messages stay whole lines
 
@@ -31,17 +34,35 @@ SwBatchOption = typer.Option(None, "--sw-batch-size", help="Windows per forward 
 
 
 def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn UserError into exit code 2 and TrainingError into 1, each with one message."""
+    """Turn UserError into exit code 2, TrainingError and a full disk (ENOSPC) into 1,
+    each with one message."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except UserError as exc:
-            err.print(f"[bold red]error:[/] {exc}")
+            err.print(f"[bold red]error:[/] {escape(worker_free(str(exc)))}")
             sys.exit(2)
         except TrainingError as exc:
-            err.print(f"[bold red]training stopped:[/] {exc}")
+            err.print(f"[bold red]training stopped:[/] {escape(str(exc))}")
+            sys.exit(1)
+        except Exception as exc:
+            full = _disk_full(exc)
+            if full is None:
+                raise
+            err.print(f"[bold red]disk full:[/] {escape(disk_full_message(full))}")
             sys.exit(1)
 
     return wrapper
+
+
+def _disk_full(exc: BaseException | None) -> OSError | None:
+    """The ENOSPC OSError in `exc`'s chain (a clean-up step may fail on the full disk too)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

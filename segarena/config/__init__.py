@@ -69,8 +69,25 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise UserError(f"--set {pair!r}: {part!r} is set twice with different shapes")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        node[parts[-1]] = _override_value(pair, raw)
     return out
+
+
+def _override_value(pair: str, raw: str) -> Any:
+    """The YAML value of one `--set key=value` (None when empty)."""
+    try:
+        return yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise UserError(
+            f"--set {pair!r}: the value is not valid YAML ({_yaml_problem(exc)})"
+        ) from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: what the YAML parser expected, and where."""
+    why = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {why}" if mark else why
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -87,11 +104,18 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML config, apply `--set` overrides and validate; UserError on any problem."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder; expected a YAML config file") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the config ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        msg = f"{path}: not UTF-8 text (byte {exc.start}); expected a YAML config file"
+        raise UserError(msg) from None
     except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML: {exc}") from None
+        raise UserError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of sections at the top, found {raw!r}")
     return config_from_dict(apply_overrides(raw, overrides or []), source=str(path))
@@ -132,7 +156,10 @@ def _describe(err: dict[str, Any]) -> str:
         known = _fields_at(err["loc"][:-1])
         hint = did_you_mean(str(err["loc"][-1]), known)
         return f"{loc}: unknown key{hint} (known: {', '.join(sorted(known))})"
-    return f"{loc}: {err['msg']} (found {err.get('input')!r})"
+    message = err["ctx"]["error"] if err["type"] == "value_error" else err["msg"]
+    if isinstance(err.get("input"), dict):  # a whole section: the message names the values
+        return f"{loc}: {message}"
+    return f"{loc}: {message} (found {err.get('input')!r})"
 
 
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:

@@ -113,6 +113,13 @@ class DataConfig(Strict):
     # their images join every fold's training set, never validation (segarena.labels.pseudo)
     pseudo: list[str] = Field(default_factory=list)
 
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _height_and_width(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple) and len(value) != 2:
+            raise ValueError("expected two numbers [height, width], e.g. [512, 512], or null")
+        return value
+
     @field_validator("pseudo", mode="before")
     @classmethod
     def _one_folder_or_many(cls, value: Any) -> Any:
@@ -128,6 +135,17 @@ class DataConfig(Strict):
                 "are cut at native resolution and validation runs on whole native images, so "
                 "expected data.image_size: null (downscale the image files beforehand, or use "
                 "model.downconv, to train at a lower resolution)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _ignore_index_hides_no_class(self) -> DataConfig:
+        if 0 <= self.ignore_index < len(self.classes):
+            hidden = self.classes[self.ignore_index]
+            raise ValueError(
+                f"data.ignore_index={self.ignore_index} is the id of class {hidden!r}, which "
+                f"would be left out of the loss and the scores; expected a label outside "
+                f"0..{len(self.classes) - 1} (e.g. 255, or {len(self.classes)} for a void label)"
             )
         return self
 

@@ -42,6 +42,8 @@ def read_coco(path: Path, classes: list[str]) -> list[tuple[dict, tuple]]:
                 problems.append(
                     f"annotation id {ann['id']}: image_id {ann['image_id']} is not in images"
                 )
+            elif why := _polygon_problem(ann["segmentation"]):
+                problems.append(f"annotation id {ann['id']} (image_id {ann['image_id']}): {why}")
             else:
                 shapes[ann["image_id"]].append((class_of[ann["category_id"]], ann["segmentation"]))
         records = [(info, tuple(shapes[info["id"]])) for info in dataset.get("images", [])]
@@ -50,6 +52,22 @@ def read_coco(path: Path, classes: list[str]) -> list[tuple[dict, tuple]]:
     if problems:
         raise UserError(f"{path}: {len(problems)} bad annotation(s):\n  {problem_lines(problems)}")
     return records
+
+
+def _polygon_problem(segmentation: object) -> str | None:
+    """Why a polygon segmentation cannot be rasterised, checked before pycocotools sees it
+    (None when it can, or when it is an RLE)."""
+    if not isinstance(segmentation, list):
+        return None
+    for k, polygon in enumerate(segmentation):
+        if not isinstance(polygon, list) or len(polygon) % 2:
+            return f"polygon {k} is {polygon!r}; expected a flat list of x, y coordinates"
+        if len(polygon) < 6:
+            return (
+                f"polygon {k} {polygon} has {len(polygon) // 2} point(s); "
+                "a polygon needs at least 3 points"
+            )
+    return None
 
 
 def _category_classes(dataset: dict, classes: list[str], path: Path) -> dict[int, int]:

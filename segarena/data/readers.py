@@ -230,9 +230,10 @@ def _present(values: np.ndarray) -> list[int]:
 def _check(sample: Sample, num_classes: int, ignore_index: int) -> tuple[Sample, str | None]:
     """The sample with size and classes filled in, or a description of what is wrong."""
     try:
-        with Image.open(sample.image_path) as image:  # reads the header only
+        with Image.open(sample.image_path) as image:  # reads the header only ...
             width, height = image.size
-    except (OSError, ValueError) as exc:
+            image.verify()  # ... and a PNG's chunk checksums: a cut file fails here, cheaply
+    except (OSError, ValueError, SyntaxError) as exc:
         return sample, f"{sample.image_path}: cannot read the image ({exc})"
     try:
         if sample.mask_path is None:

@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import DataLoader
 
+from segarena.errors import UserError
 from segarena.infer.ensemble import Ensemble, EnsembleSpec
 from segarena.infer.images import ImageFiles, as_is, list_images
 from segarena.run_dir.layout import RunDir
 from segarena.submission.codecs import sample_image_ids
 from segarena.submission.writer import SubmissionWriter
+from segarena.util.files import check_writable
 
 CONTEST_SIZE = (256, 256)  # the csv format's default mask size
 
@@ -43,7 +45,8 @@ def write_submission(
     """
     if fmt == "csv" and size is None:
         size = CONTEST_SIZE
-    # the images are listed first: a wrong sample or folder fails before models load
+    # the output and the images are checked first: they fail before models load
+    check_output(Path(out), fmt)
     num_classes = RunDir(spec.run_dirs[0]).config().data.num_classes
     ids = sample_image_ids(sample, fmt, num_classes) if sample else None
     items = list_images(images, ids)
@@ -55,3 +58,10 @@ def write_submission(
             probs = ensemble.probs(image, size or image.shape[:2])
             writer.add(image_id, probs.argmax(0).numpy().astype(dtype))
     return len(items)
+
+
+def check_output(out: Path, fmt: str) -> None:
+    """UserError naming --out unless the submission can be written there."""
+    if fmt != "png" and out.is_dir():
+        raise UserError(f"--out {out}: is a folder; expected a {fmt} file path")
+    check_writable(out.parent, f"--out {out}")

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import segmentation_models_pytorch as smp
 import timm
@@ -136,6 +138,31 @@ def load_encoder_weights(model: nn.Module, path: str | Path, stem_factor: int = 
     return len(common)
 
 
+def load_tensors(path: Path, kind: str) -> Any:
+    """torch.load on CPU with weights_only=True: tensors and plain values only, no code runs.
+
+    UserError naming `path` and the expected `kind` of file when it holds other pickled
+    objects (refused unloaded) or cannot be read; torch's own advice is never repeated.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" not in str(exc):  # not a refusal: the bytes are not a pickle
+            raise UserError(f"{path}: not a readable {kind} ({_first_line(exc)})") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f"a pickled {found[1]}" if found else "pickled objects other than tensors"
+        raise UserError(f"{path}: refused, it holds {what}; expected a {kind}") from None
+    except Exception as exc:  # arbitrary bytes fail in many ways; say which, in one line
+        raise UserError(f"{path}: not a readable {kind} ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first sentence of an exception's message, without terminal escape codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    first = text.splitlines()[0].split(". ")[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Tensors from `.safetensors` or a `.pth/.pt/.bin` state dict; never unpickles objects."""
     path = Path(path)
@@ -146,16 +173,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             return load_file(str(path), device="cpu")
         except SafetensorError as exc:
             raise UserError(f"{path}: not a readable safetensors file: {exc}") from None
-    try:
-        # weights_only=True unpickles tensors and plain containers only: no code runs
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UserError(
-            f"{path}: refused, the file holds objects other than tensors "
-            f"(save model.state_dict() instead): {exc}"
-        ) from None
-    except (RuntimeError, EOFError) as exc:
-        raise UserError(f"{path}: not a readable torch weights file: {exc}") from None
+    obj = load_tensors(path, "torch weights file (save model.state_dict())")
     for key in ("state_dict", "model"):  # timm / Lightning style checkpoints
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]

@@ -206,5 +206,10 @@ def write_report(run_dir: Path, html_path: Path | None = None, examples: int = 3
     path = Path(html_path) if html_path is not None else run_dir / "report.html"
     if not path.parent.is_dir():
         raise UserError(f"--html {path}: folder {path.parent} does not exist")
+    if not RunDir(run_dir).check().summary_path.is_file():
+        raise UserError(
+            f"{run_dir}: not a finished run (no summary.json): it is still training or it "
+            f"stopped; finish it with `segarena train --resume {run_dir}`"
+        )
     write_text_atomic(path, render_run_page(run_dir, examples))
     return path

@@ -6,6 +6,8 @@ opening a checkpoint never runs pickled code.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -13,27 +15,41 @@ from typing import Any
 import torch
 
 from segarena.errors import UserError
+from segarena.model.weights import load_tensors
 from segarena.util.files import atomic_output
+
+# How torch.save words a write that failed (a full disk): no errno reaches Python.
+WRITE_FAILED = ("iostream error", "file write failed", "No space left")
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
     """torch.save to a temporary file in the same folder, then rename over `path`.
 
-    A run killed mid-write leaves the previous checkpoint intact, never a torn file.
+    A run killed mid-write leaves the previous checkpoint intact, never a torn file; a full
+    disk raises OSError(ENOSPC) naming `path`, with the temporary file removed.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as exc:  # torch reports a full disk as a stream error
+            if not any(text in str(exc) for text in WRITE_FAILED):
+                raise
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+
+
+def first_checkpoints_bytes(model: torch.nn.Module) -> int:
+    """An estimate of the first epoch's files: last.ckpt (weights and two optimizer
+    moments) and best.ckpt (weights), plus 1 MiB of records."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return 4 * weights + 2**20
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a segarena checkpoint on CPU with weights_only=True; UserError if unreadable."""
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{path}: not a readable segarena checkpoint: {exc}") from None
+    return load_tensors(path, "segarena checkpoint")
 
 
 # The checkpoints a run directory can hold per fold (what `evaluate` / `predict` can load).

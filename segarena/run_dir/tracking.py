@@ -7,15 +7,20 @@ itself, so evaluate and predict need only its directory.
 
 from __future__ import annotations
 
+import fcntl
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from segarena.config import Config
+
+T = TypeVar("T")
 
 PACKAGES = [
     "segarena",
@@ -94,6 +99,32 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+@contextmanager
+def store_lock(out: Path) -> Iterator[None]:
+    """An exclusive lock on OUT/.mlflow.lock while this process opens the MLflow store:
+    MLflow's SQLite schema set-up breaks when two processes run it at once."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".mlflow.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def retry_locked(call: Callable[..., T], *args: Any, tries: int = 10, **kwargs: Any) -> T:
+    """`call(*args, **kwargs)`, retried with a growing pause while SQLite says
+    "database is locked" (another run is writing the same mlflow.db)."""
+    for attempt in range(1, tries):
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:
+            if "database is locked" not in str(exc):
+                raise
+            time.sleep(0.2 * attempt)
+    return call(*args, **kwargs)
+
+
 class Tracker:
     """MLflow logging for one run (SQLite store OUT/mlflow.db unless a URI is configured).
 
@@ -113,27 +144,35 @@ class Tracker:
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
         uri = config.records.tracking_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
-        self.client = mlflow.MlflowClient(uri)
-        if self.run_id is None:
-            found = self.client.get_experiment_by_name(config.experiment)
-            # Artifacts default to ./mlruns in the working directory: keep them beside the db.
-            artifacts = (out / "mlflow-artifacts" / config.experiment).resolve().as_uri()
-            exp_id = (
-                found.experiment_id
-                if found
-                else self.client.create_experiment(config.experiment, artifact_location=artifacts)
+        with store_lock(out):  # two runs starting at once must not both build the store
+            self.client = retry_locked(mlflow.MlflowClient, uri)
+            if self.run_id is None:
+                self.run_id = self._create_run(config, out, run_dir)
+
+    def _create_run(self, config: Config, out: Path, run_dir: Path) -> str:
+        """A new MLflow run (and its experiment, when new) holding the flattened config."""
+        import mlflow
+
+        client = self.client
+        found = retry_locked(client.get_experiment_by_name, config.experiment)
+        # Artifacts default to ./mlruns in the working directory: keep them beside the db.
+        artifacts = (out / "mlflow-artifacts" / config.experiment).resolve().as_uri()
+        exp_id = (
+            found.experiment_id
+            if found
+            else retry_locked(
+                client.create_experiment, config.experiment, artifact_location=artifacts
             )
-            run = self.client.create_run(
-                exp_id, run_name=run_dir.name, tags={"run_dir": str(run_dir)}
-            )
-            self.run_id = run.info.run_id
-            params = flatten(config.model_dump(mode="json"))
-            # MLflow caps a param value at 6000 characters; long lists are truncated, not lost:
-            # the full config is in the run directory.
-            self.client.log_batch(
-                self.run_id,
-                params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()],
-            )
+        )
+        tags = {"run_dir": str(run_dir)}
+        run = retry_locked(client.create_run, exp_id, run_name=run_dir.name, tags=tags)
+        run_id = run.info.run_id
+        params = flatten(config.model_dump(mode="json"))
+        # MLflow caps a param value at 6000 characters; long lists are truncated, not lost:
+        # the full config is in the run directory.
+        rows = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()]
+        retry_locked(client.log_batch, run_id, params=rows)
+        return run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
@@ -146,7 +185,7 @@ class Tracker:
             for k, v in metrics.items()
             if isinstance(v, (int, float)) and v == v
         ]
-        self.client.log_batch(self.run_id, metrics=rows)
+        retry_locked(self.client.log_batch, self.run_id, metrics=rows)
 
     def discard(self) -> None:
         """Delete the MLflow run of a run directory that never started training."""
@@ -157,5 +196,5 @@ class Tracker:
         if not self.enabled:
             return
         if summary_path is not None and summary_path.is_file():
-            self.client.log_artifact(self.run_id, str(summary_path))
-        self.client.set_terminated(self.run_id, status=status)
+            retry_locked(self.client.log_artifact, self.run_id, str(summary_path))
+        retry_locked(self.client.set_terminated, self.run_id, status=status)

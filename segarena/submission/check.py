@@ -185,7 +185,7 @@ def _compare_ids(ids: list[str], expected: list[str] | None, ordered: bool) -> l
         problems.append(f"{len(missing)} id(s) of the sample are missing, e.g. {missing[:3]}")
     if extra:
         problems.append(f"{len(extra)} id(s) are not in the sample, e.g. {extra[:3]}")
-    if ordered and not missing and not extra and ids != expected:
+    if ordered and not missing and not extra and len(ids) == len(expected) and ids != expected:
         row = next(n for n, (a, b) in enumerate(zip(ids, expected)) if a != b)
         problems.append(
             f"row {row + 1} has id {ids[row]!r} where the sample has {expected[row]!r}: rows "

@@ -19,6 +19,7 @@ The RLE codec is hand-written (numpy): no library writes Kaggle's `start length`
 from __future__ import annotations
 
 import csv
+import sys
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
@@ -30,6 +31,10 @@ from segarena.errors import UserError
 FORMATS = ("csv", "rle", "png")
 HEADERS = {"csv": ["image_id", "PredictionString"], "rle": ["id", "rle"]}
 Size = tuple[int, int] | Mapping[str, tuple[int, int]] | None
+
+# A 256x256 PredictionString of one-digit ids is 131,071 characters: one two-digit id
+# pushes it past csv's default field limit (131,072). Submission readers import this module.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a C long on every platform
 
 
 def encode_pixels(mask: np.ndarray) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import time
@@ -17,16 +18,18 @@ from segarena.data.cleanse import cleanse_training
 from segarena.data.folds import fold_indices, load_or_create_folds
 from segarena.data.pseudo_source import pseudo_records, pseudo_samples
 from segarena.data.readers import Sample, read_samples
-from segarena.errors import TrainingError, UserError
+from segarena.errors import TrainingError, UserError, worker_free
 from segarena.metrics import scores
 from segarena.model.build import build_model
 from segarena.model.weights import weights_record
+from segarena.run_dir.checkpoints import first_checkpoints_bytes
 from segarena.run_dir.layout import CONFIG, FOLDS, RUN, RunDir
 from segarena.run_dir.pseudo_gain import pseudo_summary
 from segarena.run_dir.tracking import Tracker, environment
 from segarena.train.budget import BudgetTooSmall, budget_line, budget_summary
 from segarena.train.fold import TrainHooks, fit_fold
 from segarena.train.parts import FoldData
+from segarena.util.files import check_free_space, check_writable
 
 
 def select_folds(config: Config, fold: int | None, all_folds: bool) -> list[int]:
@@ -171,20 +174,33 @@ def train(
         else:
             tracker.finish(None, status="FAILED")
         raise
-    except BaseException:
-        tracker.finish(None, status="KILLED")
+    except BaseException as exc:
+        record_failure(session, tracker, exc)
         raise
     if session.debug:
         check_loss_fell(results)
     return run_dir.path
 
 
+def record_failure(session: Session, tracker: Tracker, exc: BaseException) -> None:
+    """Mark the run failed (killed, on Ctrl-C) with the reason in run.json and MLflow; a
+    step that fails too (on a full disk) is skipped and never hides the first error."""
+    status = "failed" if isinstance(exc, Exception) else "killed"
+    reason = (worker_free(str(exc)).splitlines() or [type(exc).__name__])[0]
+    with contextlib.suppress(Exception):
+        tracker.finish(None, status=status.upper())
+    with contextlib.suppress(Exception):
+        session.run_dir.write_info({**session.run_info, "status": status, "reason": reason})
+
+
 def new_session(config: Config, out: Path, folds_to_train: list[int], debug: bool) -> Session:
     """Check the data and the model, then create the run directory."""
     config = debug_config(config) if debug else config
+    check_writable(out, f"--out {out}")  # records.out unless given: fails before anything
     samples = read_samples(config.data, config.split)
     # a model (and weights) that cannot be built fails here, before any file is written
-    build_model(config.model, config.data.num_classes)
+    model = build_model(config.model, config.data.num_classes)
+    check_free_space(out, first_checkpoints_bytes(model), f"--out {out}")
     run_dir, run_info, folds = start_run(config, out, folds_to_train, debug, samples)
     return Session(config, run_dir, run_info, samples, folds, debug, resumed=False)
 
@@ -193,6 +209,7 @@ def resume_session(path: Path) -> Session:
     """Reload a killed run's own config, run.json, samples and folds.csv."""
     run_dir = RunDir(path).check((RUN, CONFIG, FOLDS))
     config, run_info = run_dir.config(), run_dir.info()
+    run_info = {k: v for k, v in run_info.items() if k not in ("status", "reason")}
     samples, folds = run_dir.samples_and_folds(config)
     return Session(config, run_dir, run_info, samples, folds, run_info["debug"], resumed=True)
 

@@ -7,13 +7,17 @@ leaves the old file (or none) and removes the temporary one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from segarena.errors import UserError
 
 
 def temporary_sibling(path: Path) -> Path:
@@ -50,9 +54,54 @@ def atomic_output(path: Path) -> Iterator[Path]:
             remove(old)
         else:
             os.replace(tmp, path)
+    except OSError as exc:
+        remove(tmp)
+        if exc.errno == errno.ENOSPC:  # name the file being written, not its temporary
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        raise
     except BaseException:
         remove(tmp)
         raise
+
+
+def existing_folder(path: Path) -> Path:
+    """`path` or its nearest ancestor that exists (what a new path would be created in)."""
+    path = Path(path).absolute()
+    return next(p for p in (path, *path.parents) if p.exists())
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """UserError starting with `what` (e.g. `--out PATH`) unless `folder` can be created
+    (or is there) and written in: probed with a temporary folder, removed at once."""
+    base = existing_folder(folder)
+    if not base.is_dir():
+        raise UserError(f"{what}: {base} is a file, expected a folder there")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".segarena-probe-", dir=base))
+    except OSError as exc:
+        raise UserError(f"{what}: cannot write in {base} ({exc.strerror})") from None
+
+
+def check_free_space(folder: Path, need: int, what: str) -> None:
+    """UserError starting with `what` unless `folder`'s disk has `need` bytes free."""
+    base = existing_folder(folder)
+    free = shutil.disk_usage(base).free
+    if free < need:
+        raise UserError(
+            f"{what}: {free / 2**20:.1f} MiB free in {base}, expected at least "
+            f"{need / 2**20:.1f} MiB for the first checkpoints; free some space or write elsewhere"
+        )
+
+
+def disk_full_message(exc: OSError) -> str:
+    """One line for a full disk: the file being written and the space left beside it."""
+    target = Path(exc.filename) if exc.filename else None
+    folder = existing_folder(target.parent if target else Path.cwd())
+    free = shutil.disk_usage(folder).free / 2**20
+    return (
+        f"{target or folder}: no space left on device ({free:.1f} MiB free in {folder}); "
+        "free some space or write elsewhere"
+    )
 
 
 def write_text_atomic(path: Path, text: str) -> None:
