@@ -22,6 +22,7 @@ STAGES = [
     "infer",
     "report",
     "labels",
+    "ablate",
     "cli",
 ]
 

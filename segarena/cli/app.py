@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import typer
 
-from segarena.cli import inference, reports, training
+from segarena.cli import ablation, inference, reports, training
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
 COMMANDS = {
     "train": training.train,
     "split": training.split,
+    "ablate": ablation.ablate,
     "evaluate": inference.evaluate,
     "predict": inference.predict,
     "validate-submission": inference.validate_submission,
