@@ -16,6 +16,15 @@ class TrainingError(Exception):
     """
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped training. The run directory keeps every epoch saved before
+    the signal (last.ckpt) and `segarena train --resume RUN_DIR` continues it."""
+
+    def __init__(self, run_dir) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
 # A DataLoader worker's error is re-raised in the main process as the same type with a
 # message of "Caught UserError in DataLoader worker process N. Original Traceback ...".
 WORKER_MARK, OWN_MESSAGE = "in DataLoader worker process", "segarena.errors.UserError: "

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
-from helpers import history
+import torch
+from helpers import history, run_cli, write_config
 from synthetic import make_mask_folder, tiny_config
 
 from segarena.config import config_from_dict
@@ -91,3 +96,40 @@ def test_non_finite_loss_names_epoch_and_step(tmp_path):
 
     with pytest.raises(TrainingError, match=r"epoch 1, step 2"):
         train(config, tmp_path / "runs", hooks=TrainHooks(on_epoch_start=nan_at_step_two))
+
+
+def test_sigterm_stops_resumably_and_says_how_to_resume(tmp_path):
+    """A scheduler's SIGTERM mid-run: exit 130 with the resume command and no traceback;
+    the run is marked killed, and `--resume` finishes it from its saved epochs."""
+    data = make_mask_folder(tmp_path / "data", n=8)
+    raw = tiny_config(data, tmp_path / "runs", split={"method": "holdout"})
+    raw["train"].update(epochs=15, batch_size=4)
+    path = write_config(tmp_path / "exp.yaml", raw)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segarena.cli", "train", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    metrics = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        metrics = next((tmp_path / "runs" / "tiny").glob("*/fold_0/metrics.jsonl"), None)
+        if metrics is not None and metrics.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    run_dir = metrics.parent.parent
+    assert proc.returncode == 130, err
+    assert f"segarena train --resume {run_dir}" in err.replace("\n", "")
+    assert "Traceback" not in err
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "killed"
+    last = run_dir / "fold_0" / "last.ckpt"  # absent when stopped inside epoch 1
+    saved = torch.load(last, weights_only=True)["state"]["epoch"] if last.is_file() else 0
+    assert 0 <= saved < 15  # metrics.jsonl is written just before last.ckpt
+
+    result = run_cli("train", "--resume", run_dir)
+    assert result.exit_code == 0, result.output
+    assert [r["epoch"] for r in history(run_dir)] == list(range(1, 16))
+    assert "status" not in json.loads((run_dir / "run.json").read_text())

@@ -17,24 +17,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from segarena.errors import UserError
 from segarena.metrics import bootstrap_miou_diff_ci, mious, scores
-from segarena.run_dir.per_image import RunMatrices
+from segarena.run_dir.per_image import RunMatrices, paired_matrices
 
 CHUNK = 128  # resamples summed at once: [CHUNK, C, C] stays small for many classes
 
 
 def paired(base: RunMatrices, arm: RunMatrices, name: str) -> tuple[np.ndarray, np.ndarray]:
     """The two runs' per-image matrices [N, C, C] of the images both hold, in one order."""
-    index = {sample_id: i for i, sample_id in enumerate(arm.ids)}
-    rows = [(i, index[sample_id]) for i, sample_id in enumerate(base.ids) if sample_id in index]
-    if not rows:
-        raise UserError(
-            f"arm {name!r}: no validation image in common with the baseline "
-            f"({len(base.ids)} and {len(arm.ids)} images); expected the same data and folds"
-        )
-    base_rows, arm_rows = (np.array(r) for r in zip(*rows))
-    return base.cms[base_rows], arm.cms[arm_rows]
+    return paired_matrices(base, arm, f"arm {name!r} and the baseline")
 
 
 def pooled_miou(cms: np.ndarray) -> float:

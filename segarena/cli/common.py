@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from segarena.errors import TrainingError, UserError, worker_free
+from segarena.errors import Interrupted, TrainingError, UserError, worker_free
 from segarena.util.files import disk_full_message
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # messages stay whole lines
@@ -44,6 +44,12 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except UserError as exc:
             err.print(f"[bold red]error:[/] {escape(worker_free(str(exc)))}")
             sys.exit(2)
+        except Interrupted as exc:
+            err.print(
+                f"[bold red]interrupted:[/] {escape(str(exc.run_dir))} keeps its saved epochs; "
+                f"continue it with: segarena train --resume {escape(str(exc.run_dir))}"
+            )
+            sys.exit(130)
         except TrainingError as exc:
             err.print(f"[bold red]training stopped:[/] {escape(str(exc))}")
             sys.exit(1)

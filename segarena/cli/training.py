@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import typer
@@ -24,6 +25,9 @@ def train(
     overrides: list[str] = SetOption,
 ) -> None:
     """Train a model (one fold, or every fold with --folds all)."""
+    # SIGTERM (a scheduler's pre-emption, `kill`) stops like Ctrl-C: the run keeps its
+    # saved epochs and says how to resume
+    signal.signal(signal.SIGTERM, _stop)
     from segarena.config import load_config
     from segarena.train.experiment import train as run_training
 
@@ -106,3 +110,7 @@ def split(
         label = "train only" if k == -1 else f"fold {k}"
         typer.echo(f"{label}: {counts[k]} images, {len(groups)} groups ({shown})")
     typer.echo(f"folds: {path}")
+
+
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -22,6 +21,7 @@ from segarena.run_dir.layout import RunDir
 from segarena.run_dir.per_image import (
     RunMatrices,
     oof_matrices,
+    paired_matrices,
     samples_by_oof_name,
     stored_matrices,
 )
@@ -101,15 +101,7 @@ def compare_runs(run_a: Path, run_b: Path, n_boot: int = 2000, seed: int = 0) ->
     raw_a, raw_b = RunDir(run_a).raw_config(), RunDir(run_b).raw_config()
     changes = config_diff(raw_a, raw_b)
     a, b = _matrices(Path(run_a), Path(run_b))
-    index_b = {sample_id: i for i, sample_id in enumerate(b.ids)}
-    common = [(i, index_b[sample_id]) for i, sample_id in enumerate(a.ids) if sample_id in index_b]
-    if not common:
-        raise UserError(
-            f"{run_a} and {run_b} hold out-of-fold predictions for no image in common "
-            f"({len(a.ids)} and {len(b.ids)} images); expected runs on the same data and folds"
-        )
-    rows_a, rows_b = (np.array(rows) for rows in zip(*common))
-    cms_a, cms_b = a.cms[rows_a], b.cms[rows_b]
+    cms_a, cms_b = paired_matrices(a, b, f"{run_a} and {run_b}")
     return Comparison(
         run_a=Path(run_a),
         run_b=Path(run_b),
@@ -118,7 +110,7 @@ def compare_runs(run_a: Path, run_b: Path, n_boot: int = 2000, seed: int = 0) ->
         classes=list(config_a.data.classes),
         images_a=len(a.ids),
         images_b=len(b.ids),
-        images=len(common),
+        images=len(cms_a),
         source=a.source,
         scores_a=scores(cms_a.sum(0)),
         scores_b=scores(cms_b.sum(0)),

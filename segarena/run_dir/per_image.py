@@ -173,3 +173,18 @@ def run_matrices(
         return stored
     config = RunDir(run_dir).config()
     return oof_matrices(run_dir, config, samples or samples_by_oof_name(config))
+
+
+def paired_matrices(a: RunMatrices, b: RunMatrices, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The per-image matrices [N, C, C] of the images both runs hold, in a's order: the
+    pairing `compare` and `ablate` bootstrap over. UserError (starting with `what`) when
+    they share no image."""
+    index = {sample_id: i for i, sample_id in enumerate(b.ids)}
+    rows = [(i, index[sample_id]) for i, sample_id in enumerate(a.ids) if sample_id in index]
+    if not rows:
+        raise UserError(
+            f"{what}: no out-of-fold image in common ({len(a.ids)} and {len(b.ids)} images); "
+            "expected runs on the same data and folds"
+        )
+    rows_a, rows_b = (np.array(r) for r in zip(*rows))
+    return a.cms[rows_a], b.cms[rows_b]

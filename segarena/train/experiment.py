@@ -18,7 +18,7 @@ from segarena.data.cleanse import cleanse_training
 from segarena.data.folds import fold_indices, load_or_create_folds
 from segarena.data.pseudo_source import pseudo_records, pseudo_samples
 from segarena.data.readers import Sample, read_samples
-from segarena.errors import TrainingError, UserError, worker_free
+from segarena.errors import Interrupted, TrainingError, UserError, worker_free
 from segarena.metrics import scores
 from segarena.model.build import build_model
 from segarena.model.weights import weights_record
@@ -176,6 +176,8 @@ def train(
         raise
     except BaseException as exc:
         record_failure(session, tracker, exc)
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, Interrupted):
+            raise Interrupted(run_dir.path) from exc
         raise
     if session.debug:
         check_loss_fell(results)
