@@ -15,7 +15,8 @@ from segarena.errors import UserError
 from segarena.infer.ensemble import EnsembleSpec, load_members
 from segarena.model.build import unwrap
 from segarena.run_dir.checkpoints import CHECKPOINT_KINDS, fold_checkpoints, load_checkpoint
-from segarena.train.experiment import debug_config, train
+from segarena.train.debug import debug_config
+from segarena.train.experiment import train
 from segarena.train.fold import TrainHooks
 
 pytestmark = pytest.mark.usefixtures("one_thread")

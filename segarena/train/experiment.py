@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 from lightning_fabric import Fabric
 
-from segarena.config import Config, config_from_dict
+from segarena.config import Config
 from segarena.data.cleanse import cleanse_training
 from segarena.data.folds import fold_indices, load_or_create_folds
 from segarena.data.pseudo_source import pseudo_records, pseudo_samples
 from segarena.data.readers import Sample, read_samples
-from segarena.errors import Interrupted, TrainingError, UserError, worker_free
+from segarena.errors import Interrupted, UserError, worker_free
 from segarena.metrics import scores
 from segarena.model.build import build_model
 from segarena.model.weights import weights_record
@@ -27,6 +27,7 @@ from segarena.run_dir.layout import CONFIG, FOLDS, RUN, RunDir
 from segarena.run_dir.pseudo_gain import pseudo_summary
 from segarena.run_dir.tracking import Tracker, environment
 from segarena.train.budget import BudgetTooSmall, budget_line, budget_summary
+from segarena.train.debug import check_loss_fell, debug_config
 from segarena.train.fold import TrainHooks, fit_fold
 from segarena.train.parts import FoldData
 from segarena.util.files import check_free_space, check_writable
@@ -44,15 +45,6 @@ def select_folds(config: Config, fold: int | None, all_folds: bool) -> list[int]
             f"{config.split.method} with {count} fold(s)"
         )
     return [fold]
-
-
-def debug_config(config: Config) -> Config:
-    """--debug: 2 epochs, validation every epoch, no early stopping."""
-    raw = config.model_dump(mode="json")
-    raw["train"].update(epochs=2, budget_min=None, val_every=1, early_stopping=None)
-    if raw["train"].get("swa"):  # SWA still runs, from epoch 2 at the latest
-        raw["train"]["swa"]["start_epoch"] = min(raw["train"]["swa"]["start_epoch"], 2)
-    return config_from_dict(raw, source="--debug")
 
 
 def run_pseudo_samples(config: Config, samples: list[Sample], debug: bool) -> list[Sample]:
@@ -304,18 +296,3 @@ def swa_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
         return {}
     pooled = scores(np.sum([np.array(r["swa_confusion"]) for r in results], axis=0))
     return {"swa_miou": pooled["miou"]}
-
-
-# A fall smaller than this is float noise from batch order, not learning.
-DEBUG_MIN_RELATIVE_FALL = 0.01
-
-
-def check_loss_fell(results: list[dict[str, Any]]) -> None:
-    """--debug contract: the training loss must fall (by >= 1%) from the first to the last epoch."""
-    for r in results:
-        losses = r["train_loss"]
-        if len(losses) >= 2 and not losses[-1] <= losses[0] * (1 - DEBUG_MIN_RELATIVE_FALL):
-            raise TrainingError(
-                f"debug check failed: fold {r['fold']} training loss did not fall "
-                f"({losses[0]:.4f} -> {losses[-1]:.4f}); check labels, lr and augmentations"
-            )
