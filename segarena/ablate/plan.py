@@ -23,6 +23,7 @@ from segarena.errors import UserError
 from segarena.infer.options import infer_options
 from segarena.report.compare import config_diff, settings_changed
 from segarena.run_dir.checkpoints import CHECKPOINT_KINDS
+from segarena.train.experiment import parse_seeds as train_seeds
 
 # Changing these draws other images or other folds: the runs no longer pair image by image.
 UNPAIRED = ("split", "data.sources", "data.root")
@@ -36,13 +37,7 @@ def parse_seeds(text: str | None) -> list[int | None]:
     """`--seeds 0,1` -> [0, 1]; no --seeds -> [None] (the config's own train.seed)."""
     if text is None:
         return [None]
-    try:
-        seeds = [int(part) for part in text.split(",")]
-    except ValueError:
-        seeds = []
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise UserError(f"--seeds {text!r}: expected distinct integers, e.g. 0,1")
-    return seeds
+    return list(train_seeds(text))
 
 
 @dataclass

@@ -29,13 +29,14 @@ def train(
     # saved epochs and says how to resume
     signal.signal(signal.SIGTERM, _stop)
     from segarena.config import load_config
+    from segarena.train.experiment import parse_seeds
     from segarena.train.experiment import train as run_training
 
     if seeds is not None:
         if resume is not None or config is None:
             raise UserError("--seeds needs a CONFIG and starts new runs (not with --resume)")
         run_dirs = []
-        for seed in _parse_seeds(seeds):
+        for seed in parse_seeds(seeds):
             cfg = load_config(config, [*overrides, f"train.seed={seed}"])
             out_dir = out if out is not None else Path(cfg.records.out)
             run_dirs.append(run_training(cfg, out_dir, fold, folds == "all", debug))
@@ -58,16 +59,6 @@ def train(
         out_dir = out if out is not None else Path(cfg.records.out)
         run_dir = run_training(cfg, out_dir, fold, folds == "all", debug)
     _print_summary(run_dir)
-
-
-def _parse_seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(part) for part in text.split(",")]
-    except ValueError:
-        seeds = []
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise UserError(f"--seeds {text!r}: expected distinct integers, e.g. 0,1,2")
-    return seeds
 
 
 def _print_summary(run_dir: Path) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from segarena.config import InferConfig, Source, SplitConfig
+from segarena.config import Config, InferConfig, Source, SplitConfig
 from segarena.data.folds import fold_indices
 from segarena.data.readers import Sample, load_image, load_mask, read_samples
 from segarena.errors import UserError
@@ -104,7 +104,7 @@ def evaluate(
         members = [m.name for m in ensemble.members]
     else:
         label = split
-        per_fold, matrices, members, options = score_folds(spec, run, split, workers)
+        per_fold, matrices, members, options = score_folds(spec, run, config, split, workers)
     pooled = scores(np.sum(matrices, axis=0))
     result = {
         "split": label,
@@ -123,10 +123,9 @@ def evaluate(
     return result
 
 
-def score_folds(spec: EnsembleSpec, run: RunDir, split: str, workers: int):
+def score_folds(spec: EnsembleSpec, run: RunDir, config: Config, split: str, workers: int):
     """Each fold's ensemble on its own `split` images: (per-fold scores, matrices, member
     names, the inference options)."""
-    config = run.config()
     samples, folds = run.samples_and_folds(config)
     check_same_folds(spec.run_dirs)
     fold_ids = sorted(run.info()["folds"]) if spec.folds is None else list(spec.folds)

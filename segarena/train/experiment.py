@@ -33,6 +33,17 @@ from segarena.train.parts import FoldData
 from segarena.util.files import check_free_space, check_writable
 
 
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 0,1,2` -> [0, 1, 2]; UserError unless distinct integers."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {text!r}: expected distinct integers, e.g. 0,1,2")
+    return seeds
+
+
 def select_folds(config: Config, fold: int | None, all_folds: bool) -> list[int]:
     """The folds to train: `--folds all`, `--fold N`, or fold 0."""
     count = config.split.fold_count
