@@ -4,14 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test browser demo lint clean
+.PHONY: test browser demo bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: these exact wheels install from the local disk.
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,server]"
 	touch $(STAMP)
 
 test: $(STAMP) browser
@@ -25,6 +25,11 @@ browser:
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
+
+# The speed benches' extra dependencies (MONAI, bench/infer.py's reference); then run any
+# bench/*.py with $(PY), e.g. `.venv/bin/python bench/predict.py`.
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,10 +1,11 @@
 """Training throughput: segarena's loop against a plain PyTorch loop, side by side.
 
 Both train identical copies of one model on the same batches from the same loader in
-this process, alternating rounds so that machine noise hits both alike. The last line
-is `ratio: X.XX` (segarena images/s over plain images/s; 1.00 = no overhead).
+this process, alternating rounds (ABBA: each goes first in every other round) so that
+machine noise and warm caches favour neither. The last line is `ratio: X.XX` (segarena
+images/s over plain images/s, medians of the rounds; 1.00 = no overhead).
 
-    python bench/throughput.py [--size 256] [--batch 8] [--steps 6] [--rounds 3]
+    python bench/throughput.py [--size 256] [--batch 8] [--steps 6] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6, help="batches per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--encoder", default="efficientnet-b0")
     args = parser.parse_args()
@@ -98,17 +99,28 @@ def main() -> None:
 
     plain_epoch(plain, loader, loss_fn, plain_opt, mean, std)  # warm-up, not timed
     ours_rates, plain_rates, waits = [], [], []
-    for round_ in range(args.rounds):
+
+    def ours_epoch(round_: int) -> None:
         generator.manual_seed(round_)
         learner = Learner(ours, ours_opt, scheduler, loss_fn, (mean, std))
         stats = train_one_epoch(fabric, learner, fabric_loader, StepSettings(), LoopState())
         ours_rates.append(stats.images_per_s)
         waits.append(stats.data_wait / stats.seconds)
+
+    def plain_round(round_: int) -> None:
         generator.manual_seed(round_)
         plain_rates.append(plain_epoch(plain, loader, loss_fn, plain_opt, mean, std))
+
+    for round_ in range(args.rounds):
+        # ABBA order: whichever runs second in a round gets a warmer cache and a fresher
+        # loader, so the two take turns at going first
+        first, second = (ours_epoch, plain_round) if round_ % 2 == 0 else (plain_round, ours_epoch)
+        first(round_)
+        second(round_)
         print(
             f"round {round_ + 1}: segarena {ours_rates[-1]:.2f} img/s, "
-            f"plain {plain_rates[-1]:.2f} img/s, data wait {100 * waits[-1]:.1f}%"
+            f"plain {plain_rates[-1]:.2f} img/s, data wait {100 * waits[-1]:.1f}%",
+            flush=True,
         )
     print(
         f"model Unet/{args.encoder}, {args.size}x{args.size}, batch {args.batch}, "

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -27,6 +28,8 @@ from helpers import only_run_dir, run_cli, write_config
 from PIL import Image
 from synthetic import make_coco, make_mask_folder, tiny_config
 
+from segarena.data.jpeg import truncated_jpeg as truncated_jpeg_file
+from segarena.data.readers import load_image
 from segarena.errors import UserError, worker_free
 from segarena.model import hub
 from segarena.submission.check import validate_submission
@@ -128,6 +131,22 @@ def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # the header stays
 
 
+def truncated_jpeg(path: Path) -> None:
+    """`path` replaced by a JPEG of the same stem cut in half: its header decodes."""
+    jpeg = path.with_suffix(".jpg")
+    Image.open(path).convert("RGB").save(jpeg, quality=95)
+    path.unlink()
+    truncate(jpeg)
+
+
+def predict_truncated_jpeg(ctx: Ctx) -> list:
+    args = ctx.predict(ctx.tmp / "s.csv")  # the default 2 loader workers meet the image
+    noise = np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8)
+    Image.fromarray(noise).save(ctx.tmp / "test/b.jpg")  # noise: the header is a small part
+    truncate(ctx.tmp / "test/b.jpg")
+    return args
+
+
 def mask_value(value: int) -> Callable[[Path], None]:
     def write(path: Path) -> None:
         Image.fromarray(np.full((32, 32), value, np.uint8)).save(path)
@@ -187,6 +206,27 @@ def break_checkpoint(ctx: Ctx, how: str) -> Path:
     else:
         ckpt.write_bytes(pickle.dumps("just a string"))
     return run
+
+
+def pseudo_from(ctx: Ctx, how: str) -> list:
+    """`segarena pseudo` on a copy of the trained run whose best.ckpt is broken `how`."""
+    images = ctx.tmp / "pool"
+    images.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(images / "u.png")
+    return ["pseudo", break_checkpoint(ctx, how), "--images", images, "--out", ctx.tmp / "pl"]
+
+
+def resume_broken_last(ctx: Ctx, how: str) -> list:
+    """`train --resume` of a run killed after epoch 1 whose last.ckpt is broken `how`."""
+    run = ctx.run()
+    (run / "summary.json").unlink()
+    (run / "fold_0" / "result.json").unlink()
+    last = run / "fold_0" / "last.ckpt"
+    if how == "pickle":
+        torch.save({"model": {}, "payload": Payload(ctx.tmp / "pwned")}, last)
+    else:
+        truncate(last)
+    return ["train", "--resume", run]
 
 
 def dead_run(ctx: Ctx) -> Path:
@@ -286,6 +326,11 @@ CASES = [
         "cannot read the image", "image-not-an-image"),
     row(lambda c: break_first(c, "images", truncate), 2, "Truncated File Read",
         "image-truncated"),
+    row(lambda c: break_first(c, "images", truncated_jpeg), 2,
+        "_0000.jpg: cannot read the image (truncated JPEG: no end-of-image marker)",
+        "jpeg-truncated"),
+    row(predict_truncated_jpeg, 2, "b.jpg: cannot read the image (truncated JPEG: no "
+        "end-of-image marker)", "predict-jpeg-truncated"),
     row(folds_mismatch, 2, "folds.csv", "folds-csv-mismatch"),
     # COCO
     row(lambda c: coco_edit(c, first_polygon([300, 20])), 2,
@@ -307,6 +352,14 @@ CASES = [
         "best.ckpt: not a readable segarena checkpoint", "checkpoint-truncated"),
     row(lambda c: ["evaluate", break_checkpoint(c, "string")], 2, "best.ckpt:",
         "checkpoint-plain-pickle"),
+    row(lambda c: pseudo_from(c, "pickle"), 2, "best.ckpt: refused, it holds a pickled",
+        "pseudo-checkpoint-pickle-payload"),
+    row(lambda c: pseudo_from(c, "truncate"), 2, "best.ckpt: not a readable segarena checkpoint",
+        "pseudo-checkpoint-truncated"),
+    row(lambda c: resume_broken_last(c, "truncate"), 2,
+        "last.ckpt: not a readable segarena checkpoint", "resume-checkpoint-truncated"),
+    row(lambda c: resume_broken_last(c, "pickle"), 2, "last.ckpt: refused, it holds a pickled",
+        "resume-checkpoint-pickle-payload"),
     # output paths
     row(lambda c: c.train(None, "--out", a_file(c) / "x"), 2, "afile is a file",
         "train-out-under-a-file"),
@@ -464,6 +517,25 @@ def test_a_worker_error_keeps_its_own_message():
     )
 
 
+# --- a JPEG cut short: OpenCV decodes it without an error, its end grey ------------------
+
+
+def test_a_truncated_jpeg_is_told_from_a_whole_or_padded_one(tmp_path):
+    whole = tmp_path / "whole.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(whole)
+    padded, cut, png = tmp_path / "padded.jpg", tmp_path / "cut.jpg", tmp_path / "a.png"
+    padded.write_bytes(whole.read_bytes() + b"\0" * 300)  # some writers pad after the marker
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    Image.open(whole).save(png)
+    assert [truncated_jpeg_file(p) for p in (whole, padded, cut, png)] == [
+        False, False, True, False
+    ]  # fmt: skip
+    assert load_image(padded).shape == (64, 64, 3)
+    assert cv2.imread(str(cut)) is not None  # what load_image must not trust
+    with pytest.raises(UserError, match=r"cut.jpg: cannot read the image \(truncated JPEG: no"):
+        load_image(cut)
+
+
 # --- two trainings into one fresh OUT ----------------------------------------------------
 
 
@@ -474,8 +546,10 @@ def test_two_trainings_started_together_both_record_in_mlflow(tmp_path):
     raw["records"]["mlflow"] = True
     path = write_config(tmp_path / "c.yaml", raw)
     command = [sys.executable, "-m", "segarena.cli", "train", str(path)]
-    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]  # fmt: skip
+    # two different experiments (seeds): the same one twice would be refused as a repeat
+    procs = [subprocess.Popen([*command, "--set", f"train.seed={seed}"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+             for seed in range(2)]  # fmt: skip
     outputs = [proc.communicate(timeout=300)[0] for proc in procs]
     for proc, output in zip(procs, outputs):
         assert proc.returncode == 0, output

@@ -87,9 +87,40 @@ def test_ensemble_members_of_different_sizes_average_at_the_original_size(runs):
     probs = ensemble.probs(image)
     assert probs.shape == (4, *TEST_SHAPE) and probs.dtype == torch.float32
     torch.testing.assert_close(probs.sum(0), torch.ones(TEST_SHAPE))
-    parts = [member_probs(m, image, TEST_SHAPE, torch.device("cpu")) for m in ensemble.members]
+    cpu = torch.device("cpu")
+    parts = [member_probs(m, [image], TEST_SHAPE, cpu)[0] for m in ensemble.members]
     torch.testing.assert_close(probs, 0.75 * parts[0] + 0.25 * parts[1])
     assert not torch.allclose(parts[0], parts[1], atol=1e-3)  # the members do differ
+
+
+def test_a_batch_of_images_gives_what_one_at_a_time_gives(runs, tmp_path):
+    ensemble = Ensemble.from_spec(
+        EnsembleSpec((runs["a"], runs["b"]), overrides={"tta": "hflip"}, device="cpu")
+    )
+    images = [np.asarray(Image.open(runs["images"] / i).convert("RGB")) for i in TEST_IDS]
+    batched = ensemble.batch_probs(images, (50, 60))
+    assert batched.shape == (3, 4, 50, 60)
+    one_by_one = torch.stack([ensemble.probs(image, (50, 60)) for image in images])
+    torch.testing.assert_close(batched, one_by_one, atol=1e-5, rtol=1e-4)
+
+    subs = {}
+    for batch in (1, 3):
+        out = tmp_path / f"batch{batch}.csv"
+        result = run_cli(
+            "predict", runs["a"], "--images", runs["images"], "--out", out, "--workers", "0",
+            "--device", "cpu", "--batch-size", batch, "--size", "40,50",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        subs[batch] = read_submission(out, "csv", 4, size=(40, 50))
+    assert list(subs[1]) == list(subs[3]) == sorted(TEST_IDS)
+    for image_id in TEST_IDS:
+        np.testing.assert_array_equal(subs[1][image_id], subs[3][image_id])
+
+    result = run_cli(
+        "predict", runs["a"], "--images", runs["images"], "--out", tmp_path / "x.csv",
+        "--batch-size", 0,
+    )  # fmt: skip
+    assert result.exit_code == 2 and "--batch-size 0: expected 1 or more" in result.output
 
 
 def test_predict_png_with_sliding_windows_at_native_size(runs, tmp_path):

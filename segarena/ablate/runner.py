@@ -5,7 +5,9 @@ directory (relative to OUT) that belongs to it: a new run is recorded when its f
 starts, so that a killed ablation knows its half-trained run. Running the same command
 again resumes: a recorded run with summary.json is reused as it is, one without it
 continues from its last checkpoint (`train(None, out, resume=run_dir)`), an arm with no run
-is trained. A recorded run whose config is no longer what its arm resolves to (the config
+is trained. A run hard-killed (SIGKILL) before its first epoch, never recorded, is found
+by its config and its creation time (`orphan_run`) and resumed, not left beside a new
+one. A recorded run whose config is no longer what its arm resolves to (the config
 file or --set changed) is an error: a new `--name` starts a new ablation.
 
 Every run of the baseline and of the paired arms is an ordinary run directory of the
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,13 +31,14 @@ from segarena.ablate.plan import Plan
 from segarena.config import Config
 from segarena.errors import UserError
 from segarena.report.compare import config_diff
-from segarena.run_dir.layout import FOLDS, RUN, SUMMARY, RunDir
+from segarena.run_dir.layout import CONFIG, FOLDS, RUN, SUMMARY, RunDir
 from segarena.run_dir.per_image import RunMatrices
 from segarena.train.experiment import select_folds, train
 from segarena.train.fold import TrainHooks
 from segarena.util.files import write_json_atomic
 
 ABLATION = "ablation.json"
+STAMP = "%Y%m%d-%H%M%S"  # RunDir.create's: run ids sort by the time they were created
 
 
 class Ablation:
@@ -75,7 +80,22 @@ class Ablation:
 
     def set_run(self, arm: str, seed: str, path: Path) -> None:
         self.record["arms"][arm]["runs"][seed] = os.path.relpath(path, self.out)
+        self.record["arms"][arm].get("started", {}).pop(seed, None)
         self.save()
+
+    def set_started(self, arm: str, seed: str) -> None:
+        """Note that (arm, seed) starts training now: a run killed before its first epoch
+        (so never recorded) is then known as its own on the next try (`orphan_run`)."""
+        self.record["arms"][arm].setdefault("started", {})[seed] = time.strftime(STAMP)
+        self.save()
+
+    def started(self, arm: str, seed: str) -> str | None:
+        return self.record["arms"][arm].get("started", {}).get(seed)
+
+    def recorded_runs(self) -> set[Path]:
+        return {
+            self.out / run for arm in self.record["arms"].values() for run in arm["runs"].values()
+        }
 
 
 @dataclass
@@ -151,13 +171,14 @@ def ensure_run(
     hooks: TrainHooks | None,
 ) -> Path:
     """The finished run of (arm, seed): reused, resumed, or trained (and recorded)."""
-    recorded = ablation.run_of(arm, seed)
+    recorded = ablation.run_of(arm, seed) or orphan_run(ablation, arm, seed, config)
     if recorded is not None and (recorded / RUN).is_file():
         check_same_run(recorded, config, select_folds(config, fold, all_folds), arm)
         if (recorded / SUMMARY).is_file():
             print(f"{arm}: reusing the finished run {recorded}")
             return recorded
         print(f"{arm}: resuming {recorded}")
+        ablation.set_run(arm, seed, recorded)
         return train(None, ablation.out, resume=recorded, hooks=hooks)
     experiment_dir = ablation.out / config.experiment
     before = set(experiment_dir.iterdir()) if experiment_dir.is_dir() else set()
@@ -168,6 +189,7 @@ def ensure_run(
             ablation.set_run(arm, seed, new)
 
     print(f"{arm}: training (train.seed={config.train.seed})")
+    ablation.set_started(arm, seed)
     try:
         path = train(config, ablation.out, fold, all_folds, hooks=recording(hooks, record_new))
     except BaseException:
@@ -176,6 +198,31 @@ def ensure_run(
         raise
     ablation.set_run(arm, seed, path)
     return path
+
+
+def orphan_run(ablation: Ablation, arm: str, seed: str, config: Config) -> Path | None:
+    """The run (arm, seed) started last time but that was hard-killed (SIGKILL, a lost
+    machine) before its first epoch, so never recorded: a run directory of the arm's config,
+    created since it started, that no arm records and that trained no epoch. It is returned
+    to be resumed; one killed before it was fully created (no run.json or folds.csv) is
+    removed, to be trained anew. None when there is none."""
+    since = ablation.started(arm, seed)
+    experiment_dir = ablation.out / config.experiment
+    if since is None or not experiment_dir.is_dir():
+        return None
+    wanted, recorded, found = config.model_dump(mode="json"), ablation.recorded_runs(), []
+    for path in sorted(experiment_dir.iterdir()):
+        fresh = path.is_dir() and path.name >= since and path not in recorded
+        if not fresh or not (path / CONFIG).is_file() or (path / SUMMARY).exists():
+            continue
+        if any(path.glob("fold_*/last.ckpt")) or config_diff(RunDir(path).raw_config(), wanted):
+            continue  # it trained, or it is another config's
+        if (path / RUN).is_file() and (path / FOLDS).is_file():
+            found.append(path)
+        else:
+            print(f"{arm}: removing {path}, killed before it was fully created")
+            shutil.rmtree(path)
+    return found[-1] if found else None
 
 
 def new_run(experiment_dir: Path, before: set[Path], config: Config) -> Path | None:

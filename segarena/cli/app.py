@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from segarena.cli import ablation, inference, reports, training
+from segarena.cli import ablation, inference, reports, team, training
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
@@ -27,6 +27,9 @@ COMMANDS = {
     "report": reports.report,
     "eda": reports.eda,
     "audit": reports.audit,
+    "server": team.server,
+    "sync": team.sync,
+    "lb": team.lb,
 }
 for name, command in COMMANDS.items():
     app.command(name)(command)

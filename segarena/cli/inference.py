@@ -25,6 +25,7 @@ CheckpointOption = typer.Option(
 WeightsOption = typer.Option(None, "--weights", help="One weight per run dir, e.g. 0.7,0.3.")
 DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 WorkersOption = typer.Option(2, "--workers", help="Image-decoding worker processes.")
+BatchOption = typer.Option(8, "--batch-size", help="Same-size images per forward pass.")
 
 
 def ensemble_spec(run_dirs: list[Path], options: Mapping[str, Any]):
@@ -43,6 +44,7 @@ def ensemble_spec(run_dirs: list[Path], options: Mapping[str, Any]):
         weights=None if weights is None else tuple(weights),
         overrides=cli_overrides(**infer),
         device=options["device"],
+        batch_size=options.get("batch_size", 8),
     )
 
 
@@ -63,6 +65,7 @@ def evaluate(
     sw_batch_size: int = SwBatchOption,
     device: str = DeviceOption,
     workers: int = WorkersOption,
+    batch_size: int = BatchOption,
 ) -> None:
     """Score runs (or their ensemble) with any inference options, as predict would run them."""
     from segarena.infer.evaluate import evaluate as run_evaluate
@@ -91,6 +94,7 @@ def predict(
     weights: str = WeightsOption,
     device: str = DeviceOption,
     workers: int = WorkersOption,
+    batch_size: int = BatchOption,
 ) -> None:
     """Predict a folder of images with an ensemble of runs and write a validated submission."""
     from segarena.infer.options import parse_size

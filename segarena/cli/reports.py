@@ -16,7 +16,7 @@ def runs(
     out: Path = typer.Argument(None, help="Runs folder (default: records.out, 'runs')."),
     as_csv: bool = typer.Option(False, "--csv", help="Write CSV to stdout instead of a table."),
 ) -> None:
-    """List the run directories under OUT: settings, CV and OOF mIoU, training time."""
+    """List the run directories under OUT: settings, CV and OOF mIoU, LB scores, train time."""
     from segarena.config import RecordsConfig
     from segarena.report.runs_table import list_runs, print_table, write_csv
 

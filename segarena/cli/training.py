@@ -22,6 +22,9 @@ def train(
     seeds: str = typer.Option(
         None, "--seeds", help="One run per seed, e.g. 0,1,2: a seed ensemble."
     ),
+    force: bool = typer.Option(
+        False, "--force", help="Train even when the store holds this experiment (a repeat)."
+    ),
     overrides: list[str] = SetOption,
 ) -> None:
     """Train a model (one fold, or every fold with --folds all)."""
@@ -29,6 +32,7 @@ def train(
     # saved epochs and says how to resume
     signal.signal(signal.SIGTERM, _stop)
     from segarena.config import load_config
+    from segarena.train.distributed import is_rank_zero
     from segarena.train.experiment import parse_seeds
     from segarena.train.experiment import train as run_training
 
@@ -39,11 +43,12 @@ def train(
         for seed in parse_seeds(seeds):
             cfg = load_config(config, [*overrides, f"train.seed={seed}"])
             out_dir = out if out is not None else Path(cfg.records.out)
-            run_dirs.append(run_training(cfg, out_dir, fold, folds == "all", debug))
+            run_dirs.append(run_training(cfg, out_dir, fold, folds == "all", debug, force=force))
             _print_summary(run_dirs[-1])
-        typer.echo(
-            f"seed ensemble: segarena predict {' '.join(map(str, run_dirs))} --images DIR ..."
-        )
+        if is_rank_zero():  # the other processes of a job (train.devices) stay quiet
+            typer.echo(
+                f"seed ensemble: segarena predict {' '.join(map(str, run_dirs))} --images DIR ..."
+            )
         return
 
     if folds not in (None, "all"):
@@ -57,13 +62,16 @@ def train(
             raise UserError("train: give a CONFIG file, or --resume RUN_DIR")
         cfg = load_config(config, overrides)
         out_dir = out if out is not None else Path(cfg.records.out)
-        run_dir = run_training(cfg, out_dir, fold, folds == "all", debug)
+        run_dir = run_training(cfg, out_dir, fold, folds == "all", debug, force=force)
     _print_summary(run_dir)
 
 
 def _print_summary(run_dir: Path) -> None:
     from segarena.run_dir.layout import RunDir
+    from segarena.train.distributed import is_rank_zero
 
+    if not is_rank_zero():  # the other processes of a job (train.devices) stay quiet
+        return
     summary = RunDir(run_dir).summary()
     folds = ", ".join(f"{f['fold']}: {f['miou']:.4f}" for f in summary["folds"])
     typer.echo(

@@ -105,6 +105,10 @@ class DataConfig(Strict):
     image_size: tuple[int, int] | None = None  # (height, width) the model sees; None = native
     cache: bool = False  # decode every image once into shared memory (uint8)
     num_workers: int = Field(2, ge=0)
+    # a training image (or mask) that cannot be read mid-run, after the start-up scan:
+    # stop (exit 2, naming it) or skip it with a warning, counted in summary.json; a
+    # validation image always stops (segarena.data.bad_images)
+    on_bad_image: Literal["stop", "skip"] = "stop"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     tiles: TilesConfig | None = None  # train on tiles of large images; validation stays whole

@@ -84,12 +84,16 @@ class TrainConfig(Strict):
     # the epoch count and the lr schedule to, from its measured speed; one of the two
     epochs: int | None = Field(None, ge=1)  # null -> 30 without budget_min
     budget_min: float | None = Field(None, gt=0)
+    # the global batch: with several processes (devices) each loads batch_size / processes
     batch_size: int = Field(8, ge=1)
     accumulate: int = Field(1, ge=1)  # gradient accumulation steps
     grad_clip: float | None = Field(None, gt=0)  # max gradient norm
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
     accelerator: str = "auto"
-    devices: int | str = 1
+    devices: int | str = 1  # processes per node (GPUs, or CPU processes over gloo)
+    # auto: one process, or DDP for several devices; ddp: DistributedDataParallel always;
+    # ddp_find_unused_parameters_true: DDP for a model with parameters no forward pass uses
+    strategy: Literal["auto", "ddp", "ddp_find_unused_parameters_true"] = "auto"
     channels_last: bool = False
     val_every: int = Field(1, ge=1)
     early_stopping: int | None = Field(None, ge=1)  # patience, in validations
@@ -183,9 +187,18 @@ class AugmentConfig(Strict):
 
 
 class RecordsConfig(Strict):
+    """Where runs are recorded: the runs folder and the MLflow store (segarena.run_dir.team)."""
+
     out: str = "runs"
     mlflow: bool = True
-    tracking_uri: str | None = None  # default: sqlite:///<out>/mlflow.db
+    # default: $MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db; http(s)://host:port is
+    # a team's tracking server (segarena server)
+    tracking_uri: str | None = None
+    user: str | None = None  # who runs it, recorded with every run; default $USER
+    require_server: bool = False  # an unreachable server is an error, not a local fallback
+    # the data's fingerprint: file sizes and mtimes ("stat"), or file contents ("hash",
+    # slower; equal across teammates' copies of the data)
+    fingerprint_data: Literal["stat", "hash"] = "stat"
 
 
 class InferConfig(Strict):

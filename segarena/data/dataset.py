@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from segarena.data.bad_images import SkipUnreadable, collate_skipping
 from segarena.data.readers import Sample, load_image, load_mask
 
 
@@ -43,6 +44,10 @@ class SegDataset(Dataset):
     def item_classes(self) -> list[tuple[int, ...]]:
         """Class ids present in each item, what class-balanced sampling weighs."""
         return [sample.classes for sample in self.samples]
+
+    def sample_of(self, index: int) -> Sample:
+        """The sample item `index` comes from."""
+        return self.samples[index]
 
     @staticmethod
     def _decode(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
@@ -91,11 +96,14 @@ def train_loader(
     num_workers: int,
     generator: torch.Generator,
     sampler: Sampler | None = None,
+    skip_unreadable: bool = False,
 ) -> DataLoader:
     """Shuffled loader, or one drawing from `sampler` (which should draw from `generator`);
-    reseed `generator` at each epoch start for reproducible batches."""
+    reseed `generator` at each epoch start for reproducible batches. `skip_unreadable`
+    (data.on_bad_image: skip): batches list the items that cannot be read under "skipped"
+    instead of failing (segarena.data.bad_images)."""
     return DataLoader(
-        dataset,
+        SkipUnreadable(dataset) if skip_unreadable else dataset,
         batch_size=batch_size,
         shuffle=sampler is None,
         sampler=sampler,
@@ -103,16 +111,20 @@ def train_loader(
         drop_last=len(dataset) > batch_size,  # a batch of one breaks BatchNorm
         worker_init_fn=_seed_worker if num_workers else None,
         generator=generator,
+        collate_fn=collate_skipping if skip_unreadable else None,
         pin_memory=torch.cuda.is_available(),
     )
 
 
-def val_loader(dataset: SegDataset, batch_size: int, num_workers: int) -> DataLoader:
-    """Ordered loader with full-resolution masks."""
+def val_loader(
+    dataset: SegDataset, batch_size: int, num_workers: int, indices: list[int] | None = None
+) -> DataLoader:
+    """Ordered loader with full-resolution masks (over `indices` only, when given)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=False,
+        sampler=indices,
         num_workers=num_workers,
         collate_fn=collate_full_masks,
         pin_memory=torch.cuda.is_available(),

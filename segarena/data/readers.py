@@ -31,6 +31,7 @@ from PIL import Image
 from segarena.config import DataConfig, Source, SplitConfig
 from segarena.data.coco import paint_shapes, read_coco, shape_rles
 from segarena.data.groups import group_ids
+from segarena.data.jpeg import TRUNCATED, truncated_jpeg
 from segarena.errors import UserError
 from segarena.util.text import examples, problem_lines
 
@@ -82,6 +83,8 @@ def read_samples(data: DataConfig, split: SplitConfig | None = None) -> list[Sam
 def load_image(path: Path) -> np.ndarray:
     """The image as HxWx3 uint8 RGB; UserError naming the file if it cannot be decoded."""
     # Masks are drawn on the stored pixels, so a JPEG's EXIF rotation must not be applied.
+    if truncated_jpeg(path):  # OpenCV would decode it, its end grey (and libjpeg complain)
+        raise UserError(f"{path}: cannot read the image ({TRUNCATED})")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise UserError(f"{path}: cannot read the image (missing, corrupt or not an image)")
@@ -233,6 +236,8 @@ def _check(sample: Sample, num_classes: int, ignore_index: int) -> tuple[Sample,
         with Image.open(sample.image_path) as image:  # reads the header only ...
             width, height = image.size
             image.verify()  # ... and a PNG's chunk checksums: a cut file fails here, cheaply
+        if truncated_jpeg(sample.image_path):  # which verify() does not see in a JPEG
+            return sample, f"{sample.image_path}: cannot read the image ({TRUNCATED})"
     except (OSError, ValueError, SyntaxError) as exc:
         return sample, f"{sample.image_path}: cannot read the image ({exc})"
     try:

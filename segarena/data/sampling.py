@@ -55,3 +55,45 @@ def build_sampler(
     return WeightedRandomSampler(
         weights, num_samples=len(weights), replacement=True, generator=generator
     )
+
+
+class RankShard(Sampler[int]):
+    """One process's share of each epoch's training draws when several processes train (DDP).
+
+    Every process draws the same epoch order from the same seeded generator: a permutation
+    drawn as the loader's own shuffle draws it (uniform), or `base`'s draws (class-balanced).
+    The order is padded to a multiple of `world` by repeating its start, as torch's
+    DistributedSampler does, so that every process takes the same number of steps; process
+    `rank` takes every `world`-th item from position `rank`. Consecutive items go to
+    consecutive processes, so the per-process batches of one step (batch_size / world items
+    each) together hold the items of the one-process batch of that step.
+
+    A one-process loader draws its worker base seed from the generator before the order; a
+    process here gets its worker seeds from a generator of its own, so the order skips that
+    draw to come out the same.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        rank: int,
+        world: int,
+        generator: torch.Generator,
+        base: Sampler | None = None,
+    ) -> None:
+        self.size, self.rank, self.world = size, rank, world
+        self.generator, self.base = generator, base
+
+    def __len__(self) -> int:
+        drawn = self.size if self.base is None else len(self.base)
+        return -(-drawn // self.world)
+
+    def __iter__(self):
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # the base seed
+        if self.base is None:
+            order = torch.randperm(self.size, generator=self.generator).tolist()
+        else:
+            order = list(self.base)
+        while len(order) % self.world:
+            order += order[: self.world - len(order) % self.world]
+        return iter(order[self.rank :: self.world])

@@ -185,6 +185,10 @@ class TileDataset(SegDataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def sample_of(self, index: int) -> Sample:
+        """The image tile `index` is cut from."""
+        return self.samples[self.items[index][0]]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample_index, y, x = self.items[index]
         sample = self.samples[sample_index]

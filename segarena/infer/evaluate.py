@@ -26,7 +26,7 @@ from segarena.data.folds import fold_indices
 from segarena.data.readers import Sample, load_image, load_mask, read_samples
 from segarena.errors import UserError
 from segarena.infer.ensemble import Ensemble, EnsembleSpec
-from segarena.infer.images import as_is
+from segarena.infer.images import as_is, same_size_batches
 from segarena.infer.tune_weights import check_same_folds
 from segarena.metrics import ConfusionMatrix, scores
 from segarena.run_dir.layout import CONFIG, FOLDS, RUN, RunDir
@@ -50,16 +50,22 @@ class LabelledImages(Dataset):
 
 
 def score_samples(
-    ensemble: Ensemble, samples: list[Sample], ignore_index: int, workers: int = 0
+    ensemble: Ensemble,
+    samples: list[Sample],
+    ignore_index: int,
+    workers: int = 0,
+    batch_size: int = 8,
 ) -> np.ndarray:
-    """The confusion matrix [C,C] (int64) of `ensemble` on `samples`, at mask resolution."""
+    """The confusion matrix [C,C] (int64) of `ensemble` on `samples`, at mask resolution,
+    `batch_size` same-size images per forward pass."""
     matrix = ConfusionMatrix(ensemble.num_classes, ignore_index)
     loader = DataLoader(
         LabelledImages(samples), batch_size=None, num_workers=workers, collate_fn=as_is
     )
-    for image, mask in loader:
-        probs = ensemble.probs(image, mask.shape[:2])
-        matrix.update(probs.argmax(0)[None], torch.from_numpy(mask.astype(np.int64))[None])
+    for batch in same_size_batches(loader, batch_size, lambda item: item[0]):
+        images, masks = zip(*batch)
+        probs = ensemble.batch_probs(images, masks[0].shape[:2])
+        matrix.update(probs.argmax(1), torch.from_numpy(np.stack(masks).astype(np.int64)))
     return np.asarray(matrix.matrix, dtype=np.int64)
 
 
@@ -96,7 +102,9 @@ def evaluate(
     if images is not None:
         targets = labelled_folder(config, images, masks)
         ensemble = Ensemble.from_spec(spec)
-        matrix = score_samples(ensemble, targets, config.data.ignore_index, workers)
+        matrix = score_samples(
+            ensemble, targets, config.data.ignore_index, workers, spec.batch_size
+        )
         fold_name = "all" if fold is None else fold
         per_fold = [{"fold": fold_name, "images": len(targets), **scores(matrix)}]
         matrices, options = [matrix], ensemble.members[0].options
@@ -134,9 +142,8 @@ def score_folds(spec: EnsembleSpec, run: RunDir, config: Config, split: str, wor
         train_idx, val_idx = fold_indices(folds, k)
         picked = {"val": val_idx, "train": train_idx, "all": range(len(samples))}[split]
         ensemble = Ensemble.from_spec(spec.with_folds([k]))
-        matrix = score_samples(
-            ensemble, [samples[i] for i in picked], config.data.ignore_index, workers
-        )
+        chosen = [samples[i] for i in picked]
+        matrix = score_samples(ensemble, chosen, config.data.ignore_index, workers, spec.batch_size)
         matrices.append(matrix)
         per_fold.append({"fold": k, "images": len(picked), **scores(matrix)})
         members += [m.name for m in ensemble.members]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from segarena.data.readers import IMAGE_EXTS, load_image
 from segarena.errors import UserError
+
+T = TypeVar("T")
 
 
 def list_images(images_dir: Path, ids: list[str] | None = None) -> list[tuple[str, Path]]:
@@ -48,3 +51,32 @@ class ImageFiles(Dataset):
 def as_is(item: Any) -> Any:
     """Keep numpy arrays as they are (the default collate would make tensors of them)."""
     return item
+
+
+# A batch's raw pixels (N x H x W) stay under this: 12 CamVid frames at 720x960, one
+# 4000x4000 image alone; each image's probabilities are C x H x W floats at mask size.
+MAX_BATCH_PIXELS = 2**23
+
+
+def same_size_batches(
+    items: Iterable[T],
+    batch_size: int,
+    image_of: Callable[[T], np.ndarray],
+    max_pixels: int = MAX_BATCH_PIXELS,
+) -> Iterator[list[T]]:
+    """Consecutive `items` grouped into batches of images of one shape, in their order: at
+    most `batch_size` images and `max_pixels` raw pixels per batch (a bigger image goes
+    alone), so a model runs on a batch of same-size images in one forward pass."""
+    batch: list[T] = []
+    for item in items:
+        shape = image_of(item).shape
+        if batch and (
+            image_of(batch[0]).shape != shape
+            or len(batch) == batch_size
+            or (len(batch) + 1) * shape[0] * shape[1] > max_pixels
+        ):
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch

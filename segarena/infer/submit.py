@@ -1,8 +1,9 @@
 """`segarena predict`: an ensemble of run directories over a folder of images -> a submission.
 
-Images stream through one at a time (a DataLoader decodes the next ones in worker
-processes meanwhile), so memory holds one image, its probabilities and the models,
-whatever the folder's size. The submission is validated before it is moved into place.
+Images stream through in batches of same-size images (`spec.batch_size`; a DataLoader
+decodes the next ones in worker processes meanwhile), so memory holds one batch, its
+probabilities and the models, whatever the folder's size. The submission is validated
+before it is moved into place.
 
 Image ids: with a sample submission, its ids (e.g. `batch_01_vt/0021.jpg`) name the
 files under --images, in the sample's order; without one, every image under --images
@@ -18,8 +19,9 @@ from torch.utils.data import DataLoader
 
 from segarena.errors import UserError
 from segarena.infer.ensemble import Ensemble, EnsembleSpec
-from segarena.infer.images import ImageFiles, as_is, list_images
+from segarena.infer.images import ImageFiles, as_is, list_images, same_size_batches
 from segarena.run_dir.layout import RunDir
+from segarena.run_dir.leaderboard import write_sidecar
 from segarena.submission.codecs import sample_image_ids
 from segarena.submission.writer import SubmissionWriter
 from segarena.util.files import check_writable
@@ -54,10 +56,30 @@ def write_submission(
     dtype = np.uint8 if ensemble.num_classes <= 256 else np.int32
     loader = DataLoader(ImageFiles(items), batch_size=None, num_workers=workers, collate_fn=as_is)
     with SubmissionWriter(fmt, Path(out), ensemble.num_classes, sample, size) as writer:
-        for image_id, image in loader:
-            probs = ensemble.probs(image, size or image.shape[:2])
-            writer.add(image_id, probs.argmax(0).numpy().astype(dtype))
+        for batch in same_size_batches(loader, spec.batch_size, lambda item: item[1]):
+            ids, batch_images = zip(*batch)
+            probs = ensemble.batch_probs(batch_images, size or batch_images[0].shape[:2])
+            for image_id, mask in zip(ids, probs.argmax(1).numpy().astype(dtype)):
+                writer.add(image_id, mask)
+    # the sidecar: which runs and options made it (`segarena lb` scores those runs)
+    write_sidecar(Path(out), made_by(spec, images, fmt, sample, size, len(items)))
     return len(items)
+
+
+def made_by(spec: EnsembleSpec, images: Path, fmt: str, sample, size, count: int) -> dict:
+    """What the sidecar records: run directories, folds, checkpoint, weights and options."""
+    return {
+        "run_dirs": [str(Path(r).resolve()) for r in spec.run_dirs],
+        "folds": None if spec.folds is None else list(spec.folds),
+        "checkpoint": spec.checkpoint,
+        "weights": None if spec.weights is None else list(spec.weights),
+        "options": spec.overrides,
+        "format": fmt,
+        "images": str(Path(images).resolve()),
+        "sample": None if sample is None else str(Path(sample).resolve()),
+        "size": None if size is None else list(size),
+        "count": count,
+    }
 
 
 def check_output(out: Path, fmt: str) -> None:

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from segarena.errors import UserError
 from segarena.run_dir.layout import RunDir
+from segarena.run_dir.leaderboard import run_scores
 
 # (CSV column, table header); the CSV holds raw values, the table formatted ones
 COLUMNS = [
@@ -34,6 +35,12 @@ COLUMNS = [
     ("cv_miou", "CV mIoU ± std"),
     ("cv_miou_std", None),  # shown in the CV column
     ("oof_miou", "OOF mIoU"),
+    # segarena lb: the run's latest leaderboard score; the table shows "public / private"
+    # in one column (only when a run has one); lb_shared: the score is of an ensemble
+    # holding the run (marked "ens")
+    ("lb_public", "LB"),
+    ("lb_private", None),
+    ("lb_shared", None),
     ("train_seconds", "train time"),
     ("path", None),
 ]
@@ -69,8 +76,10 @@ def _loss(config: dict[str, Any]) -> str:
     )
 
 
-def run_row(run_dir: Path) -> dict[str, Any]:
-    """One run's settings and scores; scores are None for an unfinished run."""
+def run_row(run_dir: Path, lb: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One run's settings and scores; scores are None for an unfinished run. `lb` is the
+    run's leaderboard entry (segarena.run_dir.leaderboard.run_scores), if scored."""
+    lb = lb or {}
     run = RunDir(run_dir)
     config = run.raw_config()  # not validated: older runs are listed too
     info, env, summary = run.info(), run.env(), run.summary()
@@ -94,6 +103,9 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         "cv_miou": summary.get("miou_mean"),
         "cv_miou_std": summary.get("miou_std"),
         "oof_miou": summary.get("miou"),
+        "lb_public": lb.get("public"),
+        "lb_private": lb.get("private"),
+        "lb_shared": lb.get("shared"),
         "train_seconds": round(seconds, 1),
         "path": str(run_dir),
     }
@@ -108,7 +120,8 @@ def _epochs(train: dict[str, Any]) -> Any:
 
 def list_runs(out: Path) -> list[dict[str, Any]]:
     """A row per run under `out`, oldest first within each experiment."""
-    rows = [run_row(run_dir) for run_dir in find_runs(out)]
+    scores = run_scores(out)
+    rows = [run_row(p, scores.get(str(p.resolve()))) for p in find_runs(out)]
     return sorted(rows, key=lambda r: (r["experiment"], r["date"], r["run_id"]))
 
 
@@ -132,6 +145,12 @@ def _cell(key: str, row: dict[str, Any]) -> str:
         return "" if value is None else f"{value:.4f} ± {row['cv_miou_std']:.4f}"
     if key == "oof_miou":
         return "" if value is None else f"{value:.4f}"
+    if key == "lb_public":
+        if value is None:
+            return ""
+        private = row["lb_private"]
+        shown = f"{value:.4f}" + ("" if private is None else f" / {private:.4f}")
+        return shown + (" ens" if row["lb_shared"] else "")
     if key == "train_seconds":
         return _duration(value)
     return "" if value is None else str(value)
@@ -143,10 +162,12 @@ def print_table(rows: list[dict[str, Any]], console: Console, out: Path) -> None
         console.print(f"no run directories under {out}")
         return
     table = Table(title=f"Runs in {out}")
+    scored = any(row["lb_public"] is not None for row in rows)
+    shown = [k for k, header in COLUMNS if header is not None and (scored or k != "lb_public")]
     for key, header in COLUMNS:
-        if header is not None:
-            numeric = key in ("lr", "epochs", "cv_miou", "oof_miou", "train_seconds")
+        if key in shown:
+            numeric = key in ("lr", "epochs", "cv_miou", "oof_miou", "lb_public", "train_seconds")
             table.add_column(header, justify="right" if numeric else "left")
     for row in rows:
-        table.add_row(*(_cell(key, row) for key, header in COLUMNS if header is not None))
+        table.add_row(*(_cell(key, row) for key in shown))
     console.print(table)

@@ -8,6 +8,7 @@ itself, so evaluate and predict need only its directory.
 from __future__ import annotations
 
 import fcntl
+import os
 import platform
 import subprocess
 import sys
@@ -125,54 +126,117 @@ def retry_locked(call: Callable[..., T], *args: Any, tries: int = 10, **kwargs: 
     return call(*args, **kwargs)
 
 
+def store_uri(config: Config, out: Path) -> str:
+    """records.tracking_uri, else $MLFLOW_TRACKING_URI, else the SQLite store OUT/mlflow.db."""
+    return config.records.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_uri(out)
+
+
+def local_uri(out: Path) -> str:
+    """The runs folder's own MLflow store: sqlite:///OUT/mlflow.db."""
+    return f"sqlite:///{(Path(out) / 'mlflow.db').resolve()}"
+
+
+def open_client(uri: str) -> Any:
+    """An MlflowClient on `uri` (MLflow is imported here: it costs seconds)."""
+    import logging
+
+    import mlflow
+
+    # artifact transfers draw progress bars: noise between segarena's own lines
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Creating the SQLite store logs alembic migrations at INFO: noise for the user.
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return retry_locked(mlflow.MlflowClient, uri)
+
+
+def experiment_id(client: Any, name: str, out: Path, uri: str) -> str:
+    """The id of MLflow experiment `name`, created when new. In the runs folder's own store
+    its artifacts go beside the db (they default to ./mlruns in the working directory); a
+    server keeps them where it was told (its --artifacts-destination)."""
+    found = retry_locked(client.get_experiment_by_name, name)
+    if found:
+        return found.experiment_id
+    artifacts = None
+    if uri == local_uri(out):
+        artifacts = (Path(out) / "mlflow-artifacts" / name).resolve().as_uri()
+    try:
+        return retry_locked(client.create_experiment, name, artifact_location=artifacts)
+    except Exception as exc:  # another process created it a moment ago
+        found = retry_locked(client.get_experiment_by_name, name)
+        if found is None:
+            raise exc from None
+        return found.experiment_id
+
+
+def create_run(
+    client: Any,
+    config: Config,
+    out: Path,
+    run_dir: Path,
+    uri: str,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """A new MLflow run (and its experiment, when new) holding the flattened config."""
+    import mlflow
+
+    exp_id = experiment_id(client, config.experiment, out, uri)
+    tags = {"run_dir": str(run_dir), **(tags or {})}
+    run = retry_locked(client.create_run, exp_id, run_name=Path(run_dir).name, tags=tags)
+    run_id = run.info.run_id
+    params = flatten(config.model_dump(mode="json"))
+    # MLflow caps a param value at 6000 characters; long lists are truncated, not lost:
+    # the full config is in the run directory.
+    rows = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()]
+    retry_locked(client.log_batch, run_id, params=rows)
+    return run_id
+
+
 class Tracker:
     """MLflow logging for one run (SQLite store OUT/mlflow.db unless a URI is configured).
 
     A no-op when records.mlflow is false. MLflow is imported lazily: it costs seconds.
     """
 
-    def __init__(self, config: Config, out: Path, run_dir: Path, run_id: str | None):
+    def __init__(
+        self,
+        config: Config,
+        out: Path,
+        run_dir: Path,
+        run_id: str | None,
+        store: dict[str, Any] | None = None,
+    ):
+        """`store` is run.json's record of where the run's MLflow run lives (its "uri"),
+        chosen when the run started (segarena.run_dir.team); without it, `store_uri`."""
         self.enabled = config.records.mlflow
         self.run_id = run_id
         if not self.enabled:
             return
-        import logging
-
-        import mlflow
-
-        # Creating the SQLite store logs alembic migrations at INFO: noise for the user.
-        for name in ("mlflow", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-        uri = config.records.tracking_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+        uri = (store or {}).get("uri") or store_uri(config, out)
         with store_lock(out):  # two runs starting at once must not both build the store
-            self.client = retry_locked(mlflow.MlflowClient, uri)
+            self.client = open_client(uri)
             if self.run_id is None:
-                self.run_id = self._create_run(config, out, run_dir)
+                self.run_id = create_run(self.client, config, out, run_dir, uri)
+        self.run_dir = Path(run_dir)
 
-    def _create_run(self, config: Config, out: Path, run_dir: Path) -> str:
-        """A new MLflow run (and its experiment, when new) holding the flattened config."""
-        import mlflow
+    @classmethod
+    def of_run(cls, config: Config, run_dir: Path, run_info: dict[str, Any]) -> Tracker:
+        """The tracker of run directory OUT/<experiment>/<run> (run.json's `run_info`): its
+        MLflow run, in the store its run.json names."""
+        out = Path(run_dir).parent.parent
+        return cls(config, out, run_dir, run_info.get("mlflow_run_id"), run_info.get("store"))
 
-        client = self.client
-        found = retry_locked(client.get_experiment_by_name, config.experiment)
-        # Artifacts default to ./mlruns in the working directory: keep them beside the db.
-        artifacts = (out / "mlflow-artifacts" / config.experiment).resolve().as_uri()
-        exp_id = (
-            found.experiment_id
-            if found
-            else retry_locked(
-                client.create_experiment, config.experiment, artifact_location=artifacts
-            )
-        )
-        tags = {"run_dir": str(run_dir)}
-        run = retry_locked(client.create_run, exp_id, run_name=run_dir.name, tags=tags)
-        run_id = run.info.run_id
-        params = flatten(config.model_dump(mode="json"))
-        # MLflow caps a param value at 6000 characters; long lists are truncated, not lost:
-        # the full config is in the run directory.
-        rows = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()]
-        retry_locked(client.log_batch, run_id, params=rows)
-        return run_id
+    def _environment_tags(self) -> None:
+        """The git SHA and user of env.json as MLflow tags (the UI shows them)."""
+        import json
+
+        env_path = self.run_dir / "env.json"
+        if not env_path.is_file():
+            return
+        env = json.loads(env_path.read_text())
+        git = env.get("git_workdir") or env.get("git_segarena") or {}
+        if git.get("sha"):
+            retry_locked(self.client.set_tag, self.run_id, "mlflow.source.git.commit", git["sha"])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
@@ -195,6 +259,10 @@ class Tracker:
     def finish(self, summary_path: Path | None, status: str = "FINISHED") -> None:
         if not self.enabled:
             return
-        if summary_path is not None and summary_path.is_file():
-            retry_locked(self.client.log_artifact, self.run_id, str(summary_path))
+        self._environment_tags()
+        # the summary, the resolved config and the environment go with the run's record
+        for name in ("summary.json", "config.yaml", "env.json"):
+            path = self.run_dir / name
+            if (summary_path is not None or name != "summary.json") and path.is_file():
+                retry_locked(self.client.log_artifact, self.run_id, str(path))
         retry_locked(self.client.set_terminated, self.run_id, status=status)

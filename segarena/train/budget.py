@@ -146,7 +146,8 @@ def plan_fold(
     """
     start = time.perf_counter()
     startup, per_step = time_training(train_steps, parts, PROBE_TRAIN_STEPS)
-    batch, n_val = train.batch_size, len(parts.vloader.dataset)
+    # this process's share of the validation images (all of them with one process)
+    batch, n_val = parts.vloader.batch_size, len(parts.vloader.sampler)
     val_first, per_val_image = time_validation(validate_batches, parts.vloader, batch)
     train_epoch_s = startup + per_step * len(parts.loader)
     val_s = val_first + per_val_image * max(n_val - batch, 0)
@@ -163,7 +164,7 @@ def plan_fold(
             "data.image_size"
         )
     epochs, planned = choose_epochs(available, train_epoch_s, val_s, finish_s, train.val_every)
-    images_per_s = parts.loader.batch_size / per_step if per_step else 0.0
+    images_per_s = parts.loader.batch_size * fabric.world_size / per_step if per_step else 0.0
     plan = Plan(budget_s, epochs, planned + probe_s, probe_s, train_epoch_s, val_s, images_per_s)
     fabric.print(
         f"fold {fold}: budget {budget_s / 60:.1f} min; measured {images_per_s:.1f} img/s, "
@@ -219,11 +220,16 @@ def plan_budget(
                 ignore_index=cfg_data.ignore_index, mean_std=learner.norm, on_probs=on_probs,
             )  # fmt: skip
 
-    plan = plan_fold(
-        fabric, cfg_train, budget_s, fold, parts,
-        train_steps=train_steps, validate_batches=validate_batches,
-    )  # fmt: skip
-    plan.epochs = fabric.broadcast(plan.epochs, src=0)  # every rank trains rank 0's plan
+    try:
+        plan: Plan | BudgetTooSmall = plan_fold(
+            fabric, cfg_train, budget_s, fold, parts,
+            train_steps=train_steps, validate_batches=validate_batches,
+        )  # fmt: skip
+    except BudgetTooSmall as exc:
+        plan = exc
+    plan = fabric.broadcast(plan, src=0)  # every process follows rank 0's measurement
+    if isinstance(plan, BudgetTooSmall):
+        raise plan
     if cfg_train.swa is not None and cfg_train.swa.start_epoch > plan.epochs:
         raise BudgetTooSmall(
             f"train.swa.start_epoch={cfg_train.swa.start_epoch}: fold {fold}'s budget fits only "

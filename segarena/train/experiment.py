@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from lightning_fabric import Fabric
 
 from segarena.config import Config
@@ -19,17 +18,18 @@ from segarena.data.folds import fold_indices, load_or_create_folds
 from segarena.data.pseudo_source import pseudo_records, pseudo_samples
 from segarena.data.readers import Sample, read_samples
 from segarena.errors import Interrupted, UserError, worker_free
-from segarena.metrics import scores
 from segarena.model.build import build_model
 from segarena.model.weights import weights_record
 from segarena.run_dir.checkpoints import first_checkpoints_bytes
 from segarena.run_dir.layout import CONFIG, FOLDS, RUN, RunDir
-from segarena.run_dir.pseudo_gain import pseudo_summary
+from segarena.run_dir.team import check_store
 from segarena.run_dir.tracking import Tracker, environment
-from segarena.train.budget import BudgetTooSmall, budget_line, budget_summary
+from segarena.train.budget import BudgetTooSmall
 from segarena.train.debug import check_loss_fell, debug_config
+from segarena.train.distributed import from_rank_zero, rank_failure, start_fabric
 from segarena.train.fold import TrainHooks, fit_fold
 from segarena.train.parts import FoldData
+from segarena.train.summary import write_summary
 from segarena.util.files import check_free_space, check_writable
 
 
@@ -146,43 +146,48 @@ def train(
     *,
     resume: Path | None = None,
     hooks: TrainHooks | None = None,
+    force: bool = False,
 ) -> Path:
     """Run (or resume) training; returns the run directory holding summary.json.
-    `hooks` reach into every fold's loop (segarena.train.fold.TrainHooks)."""
-    if resume is not None:
-        session = resume_session(resume)
-    else:
-        assert config is not None
-        session = new_session(config, out, select_folds(config, fold, all_folds), debug)
-    config, run_dir = session.config, session.run_dir
-    fabric = start_fabric(config)
-    tracker = record_start(session, fabric)
-    fabric.print(f"run directory: {run_dir}")
-    results: list[dict[str, Any]] = []
+    `hooks` reach into every fold's loop (segarena.train.fold.TrainHooks); `force` trains
+    an experiment the store already holds (a repeat)."""
+    if resume is not None:  # every process reads the config: it says how many there are
+        config = RunDir(resume).check((RUN, CONFIG, FOLDS)).config()
+    assert config is not None
+    folds_to_train = select_folds(config, fold, all_folds) if resume is None else []
+    fabric = start_fabric(config, debug)  # one process per rank from here (train.distributed)
+    session, tracker, results = None, None, []
+    zero = fabric.is_global_zero  # rank 0 alone creates (or reloads) the run and writes it
+
+    def open_run() -> Session:  # on rank 0: check the data, create (or reload) the run
+        if resume is not None:
+            return resume_session(resume)
+        return new_session(config, out, folds_to_train, debug, force)
+
     try:
+        session = from_rank_zero(fabric, open_run)
+        config, run_dir = session.config, session.run_dir
+        tracker = record_start(session, fabric) if zero else None
+        fabric.print(f"run directory: {run_dir}")
         train_folds(session, fabric, tracker, hooks, results)
-        summary = summarize(config, results)
-        if config.train.budget_min is not None:
-            budget = budget_summary(config.train.budget_min, results, session.outside_folds)
-            summary["budget"] = budget
-            fabric.print(budget_line(budget))
-        summary.update(pseudo_summary(run_dir, summary))
-        run_dir.write_summary(summary)
-        tracker.log_metrics({"miou": summary["miou"], "miou_std": summary["miou_std"]}, 0)
-        tracker.finish(run_dir.summary_path)
-    except BudgetTooSmall:
-        if not session.resumed and not results:  # nothing trained: leave no run behind
+        if zero:
+            write_summary(config, run_dir, results, tracker=tracker, fabric=fabric,
+                          outside_folds=session.outside_folds)  # fmt: skip
+    except BudgetTooSmall as exc:
+        if zero and not session.resumed and not results:  # nothing trained: leave no run
             tracker.discard()
             shutil.rmtree(run_dir.path)
-        else:
+        elif zero:
             tracker.finish(None, status="FAILED")
-        raise
+        raise rank_failure(fabric, exc, shared=True) from None  # one process says it
     except BaseException as exc:
-        record_failure(session, tracker, exc)
-        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, Interrupted):
-            raise Interrupted(run_dir.path) from exc
-        raise
-    if session.debug:
+        exc = rank_failure(fabric, exc)
+        if session is not None and zero:
+            record_failure(session, tracker, exc)
+            if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, Interrupted):
+                raise Interrupted(session.run_dir.path) from exc
+        raise exc  # the same error, or what a job of several processes ends with
+    if session.debug and zero:
         check_loss_fell(results)
     return run_dir.path
 
@@ -198,15 +203,20 @@ def record_failure(session: Session, tracker: Tracker, exc: BaseException) -> No
         session.run_dir.write_info({**session.run_info, "status": status, "reason": reason})
 
 
-def new_session(config: Config, out: Path, folds_to_train: list[int], debug: bool) -> Session:
-    """Check the data and the model, then create the run directory."""
+def new_session(
+    config: Config, out: Path, folds_to_train: list[int], debug: bool, force: bool = False
+) -> Session:
+    """Check the data, the model and the store (no repeat of a run), then create the run
+    directory."""
     config = debug_config(config) if debug else config
     check_writable(out, f"--out {out}")  # records.out unless given: fails before anything
     samples = read_samples(config.data, config.split)
     # a model (and weights) that cannot be built fails here, before any file is written
     model = build_model(config.model, config.data.num_classes)
     check_free_space(out, first_checkpoints_bytes(model), f"--out {out}")
+    claim = check_store(config, out, samples, folds_to_train, debug, force)
     run_dir, run_info, folds = start_run(config, out, folds_to_train, debug, samples)
+    run_info.update(claim.take(run_dir.path))  # two identical runs started at once: one goes on
     return Session(config, run_dir, run_info, samples, folds, debug, resumed=False)
 
 
@@ -224,17 +234,20 @@ def record_start(session: Session, fabric: Fabric) -> Tracker:
     config, run_dir, run_info = session.config, session.run_dir, session.run_info
     weights = weights_record(config.model)
     env = environment(str(fabric.device), config.train.seed)
-    run_dir.write_env({**env, "weights": weights})
+    run_dir.write_env({**env, "weights": weights, "processes": fabric.world_size})
     run_info["weights"] = weights
-    out = run_dir.path.parent.parent
-    tracker = Tracker(config, out, run_dir.path, run_info.get("mlflow_run_id"))
+    tracker = Tracker.of_run(config, run_dir.path, run_info)  # in the store run.json names
     run_info["mlflow_run_id"] = tracker.run_id
     run_dir.write_info(run_info)
     return tracker
 
 
 def train_folds(
-    session: Session, fabric: Fabric, tracker: Tracker, hooks: TrainHooks | None, results: list
+    session: Session,
+    fabric: Fabric,
+    tracker: Tracker | None,
+    hooks: TrainHooks | None,
+    results: list,
 ) -> None:
     """Train (or skip, when finished) each fold of the run, appending its result."""
     config, folds_to_train = session.config, session.run_info["folds"]
@@ -265,45 +278,3 @@ def fold_budget_s(
         return None
     spent = outside_folds + sum(r["seconds"] for r in results)
     return (config.train.budget_min * 60 - spent) / (folds - len(results))
-
-
-def start_fabric(config: Config) -> Fabric:
-    try:
-        fabric = Fabric(
-            accelerator=config.train.accelerator,
-            devices=config.train.devices,
-            precision=config.train.precision,
-        )
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise UserError(f"train.accelerator/devices/precision: {exc}") from None
-    fabric.launch()
-    return fabric
-
-
-FOLD_KEYS = ("fold", "miou", "best_epoch", "epochs", "swa_miou")  # summary.json per fold
-
-
-def summarize(config: Config, results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Pooled (OOF) and per-fold scores; `miou` is the pooled mIoU of all folds' val images."""
-    pooled = scores(np.sum([np.array(r["confusion"]) for r in results], axis=0))
-    fold_mious = [r["miou"] for r in results]
-    return {
-        "miou": pooled["miou"],
-        "miou_mean": float(np.mean(fold_mious)),
-        "miou_std": float(np.std(fold_mious)),
-        "per_class_iou": dict(zip(config.data.classes, pooled["per_class_iou"])),
-        "pixel_acc": pooled["pixel_acc"],
-        "folds": [{k: r[k] for k in FOLD_KEYS if k in r} for r in results],
-        "epochs": config.train.epochs or [r["epochs"] for r in results],
-        "train_images_per_s": float(np.mean([r["train_images_per_s"] for r in results])),
-        "data_wait_share": float(np.mean([r["data_wait_share"] for r in results])),
-        **swa_summary(results),
-    }
-
-
-def swa_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """train.swa: the pooled mIoU of the folds' swa.ckpt, when every fold has one."""
-    if not results or any("swa_confusion" not in r for r in results):
-        return {}
-    pooled = scores(np.sum([np.array(r["swa_confusion"]) for r in results], axis=0))
-    return {"swa_miou": pooled["miou"]}

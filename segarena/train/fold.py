@@ -14,18 +14,23 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning_fabric import Fabric
 
 from segarena.config import Config
 from segarena.metrics import scores
 from segarena.model.build import unwrap
 from segarena.run_dir.checkpoints import load_checkpoint, save_atomic
-from segarena.run_dir.per_image import PerImageRecorder, oof_name
 from segarena.run_dir.tracking import Tracker
 from segarena.train.averaging import bn_images
 from segarena.train.budget import Plan, plan_budget, replan_budget
+from segarena.train.distributed import (
+    check_same_weights,
+    from_rank_zero,
+    mean_over_ranks,
+    sync_buffers,
+)
 from segarena.train.loop import Learner, StepSettings, train_one_epoch, validate
+from segarena.train.oof import OofCollector
 from segarena.train.parts import FoldData, build_parts, reseed
 from segarena.train.progress import EpochProgress
 from segarena.train.state import EpochRecord, LoopState
@@ -50,11 +55,14 @@ class TrainHooks:
 
 
 class FoldTrainer:
-    """Trains fold `fold` into `fold_dir`, resuming from its last.ckpt if present."""
+    """Trains fold `fold` into `fold_dir`, resuming from its last.ckpt if present.
+
+    With several processes (segarena.train.distributed) rank 0 alone reads and writes
+    fold_dir (and `tracker`, None elsewhere); the others receive what it reads."""
 
     def __init__(
         self, config: Config, fabric: Fabric, data: FoldData, fold_dir: Path, fold: int, *,
-        tracker: Tracker, budget_s: float | None = None, hooks: TrainHooks | None = None,
+        tracker: Tracker | None, budget_s: float | None = None, hooks: TrainHooks | None = None,
     ) -> None:  # fmt: skip
         self.config, self.fabric, self.data = config, fabric, data
         self.fold_dir, self.fold, self.tracker = fold_dir, fold, tracker
@@ -66,9 +74,11 @@ class FoldTrainer:
     def fit(self) -> dict[str, Any]:
         """Train the fold; returns its result (also written to fold_dir/result.json)."""
         result_path = self.fold_dir / "result.json"
-        if result_path.is_file():  # finished before a resume: nothing left to do
-            return json.loads(result_path.read_text())
-        self.fold_dir.mkdir(parents=True, exist_ok=True)
+        done = from_rank_zero(self.fabric, lambda: _read_json(result_path))
+        if done is not None:  # finished before a resume: nothing left to do
+            return done
+        if self.fabric.is_global_zero:
+            self.fold_dir.mkdir(parents=True, exist_ok=True)
         self.set_up()
         self.restore()
         while self.state.epoch < self.epochs:  # train.budget_min may correct it after epoch 1
@@ -85,7 +95,7 @@ class FoldTrainer:
 
     def set_up(self) -> None:
         """Build the parts; with train.budget_min, plan the epochs (plan.json, kept on resume)."""
-        self.plan = Plan.load(self.fold_dir / "plan.json")
+        self.plan = from_rank_zero(self.fabric, lambda: Plan.load(self.fold_dir / "plan.json"))
         epochs = self.plan.epochs if self.plan is not None else self.config.train.epochs
         self.parts = build_parts(
             self.config, self.fabric, self.data, self.fold_dir, epochs or PROVISIONAL_EPOCHS
@@ -111,16 +121,19 @@ class FoldTrainer:
         self.state = LoopState()
         last, metrics = self.fold_dir / "last.ckpt", self.fold_dir / "metrics.jsonl"
         parts = self.parts
-        if last.is_file():
-            ckpt = load_checkpoint(last)
+        ckpt = from_rank_zero(self.fabric, lambda: last.is_file() and load_checkpoint(last))
+        if ckpt:
             unwrap(parts.learner.model).load_state_dict(ckpt["model"])
             parts.learner.optimizer.load_state_dict(ckpt["optimizer"])
             parts.learner.scheduler.load_state_dict(ckpt["scheduler"])
             parts.averaging.load_state_dict(ckpt)
             self.state = LoopState.from_checkpoint(ckpt["state"])
             self.fabric.print(f"fold {self.fold}: resuming after epoch {self.state.epoch}")
-        kept = [r for r in read_jsonl(metrics) if r["epoch"] <= self.state.epoch]
+        # data.on_bad_image: skip -- one list of skipped images: the loader adds, last.ckpt keeps
+        parts.skipped.extend([p for p in self.state.skipped if p not in parts.skipped])
+        self.state.skipped = parts.skipped
         if self.fabric.is_global_zero:
+            kept = [r for r in read_jsonl(metrics) if r["epoch"] <= self.state.epoch]
             write_text_atomic(metrics, "".join(json.dumps(r) + "\n" for r in kept))
             parts.averaging.top_k.prune(self.state.top)  # epochs to train again left files
         self.seconds_before = self.state.seconds
@@ -140,12 +153,15 @@ class FoldTrainer:
             stats = train_one_epoch(
                 self.fabric, learner, self.parts.loader, self.settings, self.state, on_step=on_step
             )
-        self.parts.averaging.end_epoch(epoch)  # SWA averages the epoch's final weights
+        averaging = self.parts.averaging
+        sync_buffers(self.fabric, [unwrap(learner.model), averaging.scored()])
+        averaging.end_epoch(epoch)  # SWA averages the epoch's final weights
         return EpochRecord(
             epoch=epoch,
-            train_loss=stats.loss,
+            # every process's images (their shares are equal: RankShard pads them)
+            train_loss=mean_over_ranks(self.fabric, stats.loss),
             lr=stats.lr,
-            images_per_s=stats.images_per_s,
+            images_per_s=stats.images_per_s * self.fabric.world_size,
             data_wait_share=stats.data_wait / max(stats.seconds, 1e-9),
             seconds=stats.seconds,
         )
@@ -217,24 +233,21 @@ class FoldTrainer:
         """Write ema.ckpt / swa.ckpt, then score the best weights once more, writing OOF
         probabilities and the per-image matrices; returns the fold result."""
         config, fabric, parts = self.config, self.fabric, self.parts
-        history = read_jsonl(self.fold_dir / "metrics.jsonl")
+        history = from_rank_zero(fabric, lambda: read_jsonl(self.fold_dir / "metrics.jsonl"))
         reseed(parts, config.train.seed + self.epochs)  # SWA's BN update draws batches
         images = bn_images(parts.loader, parts.learner.norm, config.train.channels_last)
         averaged = parts.averaging.finish(
             fabric, images, self.val_matrix, history[-1]["epoch"], history[-1].get("val_miou")
         )
-        best = load_checkpoint(self.fold_dir / "best.ckpt")
+        weights = {"model": unwrap(parts.learner.model).state_dict()}
+        check_same_weights(fabric, {**weights, **parts.averaging.state_dict()}, "the weights")
+        best = from_rank_zero(fabric, lambda: load_checkpoint(self.fold_dir / "best.ckpt"))
         unwrap(parts.learner.model).load_state_dict(best["model"])
         # per-image confusion matrices let `segarena compare` resample images exactly
-        val = self.data.val
-        per_image = PerImageRecorder(val, config.data.num_classes, config.data.ignore_index)
-        writer = None
-        if fabric.is_global_zero:
-            writer = per_image.wrap(oof_writer(self.fold_dir, val, config))
-        matrix = self.val_matrix(parts.learner.model, on_probs=writer)
+        oof = OofCollector(fabric, self.fold_dir, self.data.val, config)
+        matrix = self.val_matrix(parts.learner.model, on_probs=oof)
         final = scores(matrix)
-        if fabric.is_global_zero:
-            per_image.save(self.fold_dir)  # before result.json: a finished fold always has it
+        oof.save()  # before result.json: a finished fold always has it
         return {
             "fold": self.fold,
             "best_epoch": best["epoch"],
@@ -248,6 +261,7 @@ class FoldTrainer:
             **averaged,  # swa_miou, swa_confusion with train.swa
             "seconds": self.seconds_before + time.perf_counter() - self.started,
             "plan": None if self.plan is None else asdict(self.plan),
+            "skipped_images": list(self.state.skipped),  # data.on_bad_image: skip
         }
 
 
@@ -262,21 +276,5 @@ def fit_fold(
     return trainer.fit()
 
 
-def oof_writer(fold_dir: Path, samples, config: Config):
-    """Callback saving each validation image's probabilities compactly (see train.oof_*)."""
-    out = fold_dir / "oof"
-    out.mkdir(parents=True, exist_ok=True)
-    dtype, scale = config.train.oof_dtype, config.train.oof_scale
-
-    def write(indices: list[int], probs: torch.Tensor) -> None:
-        if scale != 1.0:
-            probs = F.interpolate(probs, scale_factor=scale, mode="bilinear", align_corners=False)
-        probs = probs[0].cpu()
-        array = (
-            (probs * 255).round().to(torch.uint8).numpy()
-            if dtype == "uint8"
-            else probs.to(torch.float16).numpy()
-        )
-        np.save(out / f"{oof_name(samples[indices[0]].id)}.npy", array)
-
-    return write
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -78,12 +78,17 @@ class Learner:
 
 class EpochMeter:
     """Wraps the training loader: times the data wait and the epoch, sums the loss and
-    reports each step to `on_step(step, loss, lr, images/s)` (torchvision's log_every)."""
+    reports each step to `on_step(step, loss, lr, images/s)` (torchvision's log_every).
+
+    A step's loss is read (`.item()`, a device sync) only when the next step is done:
+    by then the next step's work is queued on the device, so the GPU never waits for
+    the CPU, as it would with a read right after each backward."""
 
     def __init__(self, loader, on_step: Callable[[int, float, float, float], None] | None):
         self.loader, self.on_step = loader, on_step
         self.total_loss, self.images, self.data_wait = 0.0, 0, 0.0
         self.start = time.perf_counter()
+        self.unread: tuple[int, Tensor, int, float] | None = None  # a step's loss, not read
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -95,12 +100,25 @@ class EpochMeter:
             yield step, batch
             fetch_start = time.perf_counter()
 
-    def step_done(self, step: int, loss: float, images: int, lr: float) -> None:
-        self.total_loss += loss * images
+    def step_done(self, step: int, loss: Tensor, images: int, lr: float) -> tuple[int, float]:
+        """Keep this step's loss unread; read the previous step's: its (step, loss), or
+        (-1, 0.0) on the first step."""
+        previous, self.unread = self.unread, (step, loss.detach(), images, lr)
+        return (-1, 0.0) if previous is None else self._read(*previous)
+
+    def finish(self) -> tuple[int, float]:
+        """Read the last step's loss: its (step, loss), or (-1, 0.0) for an empty epoch."""
+        last, self.unread = self.unread, None
+        return (-1, 0.0) if last is None else self._read(*last)
+
+    def _read(self, step: int, loss: Tensor, images: int, lr: float) -> tuple[int, float]:
+        value = loss.item()
+        self.total_loss += value * images
         self.images += images
         if self.on_step is not None:
             speed = self.images / (time.perf_counter() - self.start)
-            self.on_step(step + 1, loss, lr, speed)
+            self.on_step(step + 1, value, lr, speed)
+        return step, value
 
     def stats(self, lr: float) -> EpochStats:
         seconds = time.perf_counter() - self.start
@@ -125,15 +143,22 @@ def train_one_epoch(
         is_update = (step + 1) % settings.accumulate == 0 or step + 1 == len(meter)
         with fabric.no_backward_sync(learner.model, enabled=not is_update):
             loss = backward(fabric, learner, images, targets, settings.accumulate)
-        if not math.isfinite(loss):
-            raise TrainingError(
-                f"loss is {loss} at epoch {state.epoch + 1}, step {step + 1}: lower "
-                "optimizer.lr, set train.grad_clip, or use train.precision=32-true"
-            )
         if is_update:
             update(fabric, learner, settings, state)
-        meter.step_done(step, loss, len(images), learner.lr)
+        check_finite(*meter.step_done(step, loss, len(images), learner.lr), state)
+    check_finite(*meter.finish(), state)
     return meter.stats(learner.lr)
+
+
+def check_finite(step: int, loss: float, state: LoopState) -> None:
+    """TrainingError naming the epoch and step of a NaN or infinite loss. It is found a
+    step late (see EpochMeter): the epoch stops before its checkpoint, so no weights that
+    a bad update touched are ever saved."""
+    if not math.isfinite(loss):
+        raise TrainingError(
+            f"loss is {loss} at epoch {state.epoch + 1}, step {step + 1}: lower "
+            "optimizer.lr, set train.grad_clip, or use train.precision=32-true"
+        )
 
 
 def device_batch(batch: dict, learner: Learner, settings: StepSettings) -> tuple[Tensor, Tensor]:
@@ -146,17 +171,15 @@ def device_batch(batch: dict, learner: Learner, settings: StepSettings) -> tuple
     return images.contiguous(memory_format=memory_format), targets
 
 
-def backward(fabric: Fabric, learner: Learner, images: Tensor, targets, accumulate: int) -> float:
-    """Forward, loss and backward of one batch; returns the loss."""
+def backward(fabric: Fabric, learner: Learner, images: Tensor, targets, accumulate: int) -> Tensor:
+    """Forward, loss and backward of one batch; returns the loss (on the device, unread)."""
     logits = learner.model(images)
     if learner.mixer is None:
         loss = learner.loss_fn(logits, targets)
     else:  # MixUp's loss has two terms
         loss = learner.mixer.loss(learner.loss_fn, logits, targets)
-    loss_value = loss.item()
-    if math.isfinite(loss_value):
-        fabric.backward(loss / accumulate)
-    return loss_value
+    fabric.backward(loss / accumulate)
+    return loss
 
 
 def update(fabric: Fabric, learner: Learner, settings: StepSettings, state: LoopState) -> None:
@@ -221,8 +244,8 @@ def validate(
             if on_probs is not None:
                 for index, image_probs in zip(group_indices, probs):
                     on_probs([index], image_probs[None])
-    if fabric.world_size > 1:
-        total = fabric.all_reduce(matrix.matrix.to(fabric.device), reduce_op="sum")
+    if fabric.world_size > 1:  # each process scored its share; a copy: on CPU .to() is a no-op
+        total = fabric.all_reduce(matrix.matrix.to(fabric.device, copy=True), reduce_op="sum")
         matrix.reset()
         matrix.update_matrix(total.cpu())
     return matrix

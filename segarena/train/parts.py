@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -14,10 +16,11 @@ from torch.utils.data import DataLoader
 
 from segarena.config import Config
 from segarena.data.augment import PAD_DIVISOR, build_transforms
+from segarena.data.bad_images import SkippedImages
 from segarena.data.dataset import SegDataset, train_loader, val_loader
 from segarena.data.mixing import build_mixer
 from segarena.data.readers import Sample
-from segarena.data.sampling import build_sampler
+from segarena.data.sampling import RankShard, build_sampler
 from segarena.data.tiles import TileDataset
 from segarena.model.build import build_model
 from segarena.train.averaging import Averaging
@@ -40,8 +43,17 @@ class FoldParts:
     train_ds: SegDataset
     loader: DataLoader
     vloader: DataLoader
-    generator: torch.Generator  # the training batch order
+    generator: torch.Generator  # the training batch order (the same in every process)
     averaging: Averaging  # EMA, SWA, top-k
+    rank: int = 0  # this process's rank (several processes): its own random streams
+    worker_seeds: torch.Generator | None = None  # several processes: this one's loader seeds
+    # data.on_bad_image: skip -- the training images left out (their paths), kept by last.ckpt
+    skipped: list[str] = field(default_factory=list)
+
+
+# Several processes: rank r's augmentations, dropout and mixing draw from seed + r * STRIDE,
+# so that the processes do not apply the same random stream to their different images.
+RANK_SEED_STRIDE = 1_000_003
 
 
 def seed_everything(seed: int) -> None:
@@ -52,10 +64,15 @@ def seed_everything(seed: int) -> None:
 
 
 def reseed(parts: FoldParts, seed: int) -> None:
-    """Seed all an epoch draws from: batch order, augmentations, dropout, random tiles."""
-    seed_everything(seed)
+    """Seed all an epoch draws from: batch order, augmentations, dropout, random tiles.
+    The order is the same in every process; the rest is each process's own (rank 0's is
+    a one-process run's), so a resumed process draws what it would have drawn."""
+    own = seed + RANK_SEED_STRIDE * parts.rank
+    seed_everything(own)
     parts.generator.manual_seed(seed)
-    parts.train_ds.transform.set_random_seed(seed)
+    if parts.worker_seeds is not None:
+        parts.worker_seeds.manual_seed(own)
+    parts.train_ds.transform.set_random_seed(own)
 
 
 def mean_std(config: Config, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,8 +115,17 @@ def build_parts(config: Config, fabric: Fabric, data: FoldData, fold_dir, epochs
     val_ds = SegDataset(data.val, val_transform, full_mask=True, cache=cfg_data.cache)
     generator = torch.Generator()
     sampler = build_sampler(cfg_train.sampler, train_ds.item_classes, generator)
-    loader = train_loader(train_ds, cfg_train.batch_size, cfg_data.num_workers, generator, sampler)
-    vloader = val_loader(val_ds, cfg_train.batch_size, cfg_data.num_workers)
+    # several processes: train.batch_size is the global batch; each takes its share of
+    # every epoch's order (RankShard) and every validation image once, with no padding
+    rank, world = fabric.global_rank, fabric.world_size
+    batch, worker_seeds, val_indices = cfg_train.batch_size // world, None, None
+    if world > 1:
+        sampler = RankShard(len(train_ds), rank, world, generator, sampler)
+        worker_seeds, val_indices = torch.Generator(), list(range(rank, len(val_ds), world))
+    workers = cfg_data.num_workers
+    skip = cfg_data.on_bad_image == "skip"
+    loader = train_loader(train_ds, batch, workers, worker_seeds or generator, sampler, skip)
+    vloader = val_loader(val_ds, batch, workers, val_indices)
 
     model = build_model(config.model, cfg_data.num_classes)
     if cfg_train.channels_last:
@@ -117,11 +143,22 @@ def build_parts(config: Config, fabric: Fabric, data: FoldData, fold_dir, epochs
         mixer=build_mixer(config.augment.mixing, cfg_data.num_classes, cfg_data.ignore_index),
         on_update=averaging.on_update,
     )
+    train_batches = fabric.setup_dataloaders(loader, use_distributed_sampler=False)
+    skipped: list[str] = []
+    if skip:  # the workers' news of unreadable images is reported here, in this process
+        warn = partial(fabric.print, file=sys.stderr)
+        train_batches = SkippedImages(train_batches, skipped, warn)
     return FoldParts(
         learner=learner,
         train_ds=train_ds,
-        loader=fabric.setup_dataloaders(loader),
-        vloader=fabric.setup_dataloaders(vloader, move_to_device=False),
+        loader=train_batches,
+        # Fabric's DistributedSampler would pad the validation images (scoring some twice)
+        vloader=fabric.setup_dataloaders(
+            vloader, move_to_device=False, use_distributed_sampler=False
+        ),
         generator=generator,
         averaging=averaging,
+        rank=rank,
+        worker_seeds=worker_seeds,
+        skipped=skipped,
     )

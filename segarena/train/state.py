@@ -21,6 +21,7 @@ class LoopState:
     epochs_without_gain: int = 0  # validations since the best one (train.early_stopping)
     top: list[list[float]] = field(default_factory=list)  # [epoch, mIoU] kept by train.save_top_k
     seconds: float = 0.0  # the fold's training time over every session (train.budget_min)
+    skipped: list[str] = field(default_factory=list)  # data.on_bad_image: skip, images left out
 
     def to_checkpoint(self) -> dict[str, Any]:
         """The dict last.ckpt stores ("bad" is the key checkpoints have always used)."""
