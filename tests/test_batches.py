@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from segarena.infer.ensemble import _autocast
 from segarena.infer.images import same_size_batches
 
 
@@ -33,3 +35,13 @@ def test_an_image_over_the_pixel_cap_goes_alone():
     items = [("small", image(2, 2)), ("huge", image(40, 40)), ("huge2", image(40, 40))]
     batches = list(same_size_batches(items, 8, lambda item: item[1], max_pixels=100))
     assert [[name for name, _ in batch] for batch in batches] == [["small"], ["huge"], ["huge2"]]
+
+
+def test_inference_runs_at_the_precision_the_run_validated_with():
+    with _autocast("bf16-mixed", torch.device("cpu")):  # Fabric validates bf16 on the CPU too
+        assert torch.is_autocast_enabled("cpu")
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with _autocast("16-mixed", torch.device("cpu")):  # no float16 autocast on the CPU
+        assert not torch.is_autocast_enabled("cpu")
+    with _autocast("32-true", torch.device("cpu")):
+        assert not torch.is_autocast_enabled("cpu")

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from helpers import only_run_dir, run_cli, write_config
 from synthetic import make_mask_folder, tiny_config
 
@@ -336,3 +337,27 @@ def test_debug_subsets_smaller_than_the_processes_are_refused(data, tmp_path):
     output = bad(tmp_path, data, debug=True, devices=2, debug_samples=3)
     assert "--debug with 2 processes: train.debug_samples=3" in output
     assert "expected train.debug_samples >= 4" in output
+
+
+@needs_two_cores
+@pytest.mark.slow
+def test_images_any_process_skips_are_all_listed(tmp_path):
+    """data.on_bad_image: skip with 2 processes: 4 of the 12 training images cannot be
+    decoded; each epoch deals them to both processes, and summary.json lists all 4, not
+    only those rank 0 met."""
+    broken = tmp_path / "data"
+    make_mask_folder(broken, n=17, size=32)
+    out = tmp_path / "out"
+    config = same_batch_config(broken, out, devices=2)
+    raw = yaml.safe_load(config.read_text())
+    raw["data"]["on_bad_image"] = "skip"
+    config = write_config(config, raw)
+    assert run_cli("split", config).exit_code == 0
+    with (out / "tiny" / "folds.csv").open() as f:
+        train_ids = [row["id"] for row in csv.DictReader(f) if row["fold"] != "0"]
+    for image_id in train_ids[:4]:
+        corrupt_pixels(broken / "images" / f"{image_id}.png")
+    train(config)
+    skipped = json.loads((only_run_dir(out) / "summary.json").read_text())["skipped_images"]
+    expected = sorted(str(broken / "images" / f"{i}.png") for i in train_ids[:4])
+    assert skipped == {"count": 4, "paths": expected}

@@ -164,3 +164,12 @@ def test_writer_never_leaves_an_invalid_file(tmp_path):
     with pytest.raises(UserError, match="relative path"):
         with SubmissionWriter("png", tmp_path / "png", 4) as writer:
             writer.add("../escape.jpg", np.zeros((2, 2), np.uint8))
+
+
+def test_encode_pixels_writes_what_joining_strings_writes():
+    rng = np.random.default_rng(0)
+    for high in (1, 10, 11, 300):  # one-digit ids take the fast path; more digits do not
+        mask = rng.integers(0, high, (7, 9))
+        assert encode_pixels(mask) == " ".join(str(v) for v in mask.ravel())
+        assert np.array_equal(decode_pixels(encode_pixels(mask), (7, 9)), mask)
+    assert encode_pixels(np.zeros((0, 4), np.uint8)) == ""

@@ -6,12 +6,15 @@ With `stop` (the default) the loader's UserError ends the run with exit code 2, 
 the file. With `skip`:
 
 - `SkipUnreadable` wraps the training dataset: an item whose image or mask cannot be read
-  becomes {"skipped": [image path, message]}. It runs in the DataLoader workers, which
-  cannot share a Python object with the main process, so the news travels in the batch:
-- `collate_skipping` collates the readable items and lists the others under "skipped";
-- `SkippedImages` wraps the loader in the main process: it prints one warning per file,
-  adds the path to a list that last.ckpt and the fold result keep, and drops batches left
-  empty.
+  is replaced by the next readable one, and carries {"skipped": [[image path, message]]}.
+  Replacing (not dropping) keeps every batch full, so with several processes each one
+  takes the same number of steps: a rank with one batch fewer would leave the others
+  waiting in DDP's gradient all-reduce. It runs in the DataLoader workers, which cannot
+  share a Python object with the main process, so the news travels in the batch:
+- `collate_skipping` collates the items and lists the unreadable ones under "skipped";
+- `SkippedImages` wraps the loader in the main process: it prints one warning per file
+  and adds the path to a list that last.ckpt and the fold result keep (rank 0's list
+  gathers every process's at each epoch end).
 
 Validation images are never skipped: every epoch must score the same images for its
 mIoU to compare, so a validation image that breaks mid-run stops the run (exit 2).
@@ -30,7 +33,8 @@ SKIPPED = "skipped"
 
 
 class SkipUnreadable(Dataset):
-    """`dataset`'s items; an unreadable one becomes {"skipped": [image path, message]}."""
+    """`dataset`'s items; an unreadable one is replaced by the next readable item, which
+    carries {"skipped": [[image path, message], ...]} for the images passed over."""
 
     def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
@@ -43,26 +47,35 @@ class SkipUnreadable(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        try:
-            return self.dataset[index]
-        except UserError as exc:
-            path = self.dataset.sample_of(index).image_path
-            return {SKIPPED: [str(path), worker_free(str(exc))]}
+        passed_over = []
+        for offset in range(len(self.dataset)):
+            candidate = (index + offset) % len(self.dataset)
+            try:
+                item = self.dataset[candidate]
+            except UserError as exc:
+                path = self.dataset.sample_of(candidate).image_path
+                passed_over.append([str(path), worker_free(str(exc))])
+                continue
+            return {**item, SKIPPED: passed_over} if passed_over else item
+        raise UserError(
+            f"no training image can be read ({len(passed_over)} tried, e.g. "
+            f"{passed_over[0][1]}); data.on_bad_image: skip needs some readable images"
+        )
 
 
 def collate_skipping(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """The readable items collated as usual; the others' [path, message] under "skipped"."""
-    readable = [item for item in items if SKIPPED not in item]
-    batch = default_collate(readable) if readable else {}
-    skipped = [item[SKIPPED] for item in items if SKIPPED in item]
+    """The items collated as usual; the images they replaced, [path, message] each, under
+    "skipped"."""
+    skipped = [entry for item in items for entry in item.get(SKIPPED, [])]
+    batch = default_collate([{k: v for k, v in item.items() if k != SKIPPED} for item in items])
     if skipped:
         batch[SKIPPED] = skipped
     return batch
 
 
 class SkippedImages:
-    """The training loader without the skipped items: warns once per file (`warn(line)`),
-    adds its path to `paths`, and leaves out batches with no readable item."""
+    """The training loader; warns once per skipped file (`warn(line)`) and adds its path
+    to `paths`."""
 
     def __init__(self, loader: Any, paths: list[str], warn: Callable[[str], None]) -> None:
         self.loader, self.paths, self.warn = loader, paths, warn
@@ -81,8 +94,7 @@ class SkippedImages:
                 if path not in self.paths:
                     self.paths.append(path)
                     self.warn(f"warning: skipped {message} (data.on_bad_image: skip)")
-            if "image" in batch:
-                yield batch
+            yield batch
 
 
 def skipped_summary(on_bad_image: str, fold_paths: list[list[str]]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from segarena.train.budget import Plan, plan_budget, replan_budget
 from segarena.train.distributed import (
     check_same_weights,
     from_rank_zero,
+    gather_on_zero,
     mean_over_ranks,
     sync_buffers,
 )
@@ -206,6 +207,10 @@ class FoldTrainer:
             self.epochs = self.plan.epochs
         if self.hooks.on_epoch_end is not None:
             self.hooks.on_epoch_end(record, self.parts.learner)
+        # data.on_bad_image: skip -- images any process left out reach rank 0's last.ckpt
+        skipped = self.parts.skipped
+        gathered = dict.fromkeys(gather_on_zero(self.fabric, list(skipped)))
+        skipped += [path for path in gathered if path not in skipped]
         if self.fabric.is_global_zero:
             self.save(record)
         self.fabric.barrier()
