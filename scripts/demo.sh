@@ -23,7 +23,8 @@ else
   SCHEDULE=(--set train.budget_min=10)
 fi
 
-python -m segarena.cli train configs/camvid.yaml --fold 0 --out runs "${SCHEDULE[@]}" | tee runs_demo.log
+# --force: the demo trains every time it runs; the records mark a second run a repeat
+python -m segarena.cli train configs/camvid.yaml --fold 0 --out runs --force "${SCHEDULE[@]}" | tee runs_demo.log
 RUN_DIR=$(sed -n 's/^run directory: //p' runs_demo.log | tail -n 1)
 rm -f runs_demo.log
 python -m segarena.cli evaluate "$RUN_DIR" --split val

@@ -336,3 +336,22 @@ def test_an_arm_hard_killed_before_its_first_epoch_is_resumed_not_orphaned(data,
     assert out / arms["top2"]["runs"]["0"] == orphan and not arms["top2"]["started"]
     assert [r["epoch"] for r in history(orphan)] == [1, 2]
     assert (orphan / "summary.json").is_file()
+
+
+@pytest.mark.slow
+def test_an_arm_the_store_already_holds_reuses_that_run(data, tmp_path):
+    """With MLflow records on, an ablation whose baseline is an experiment trained before
+    (same config, data and folds) takes that finished run instead of being refused."""
+    out = tmp_path / "runs"
+    raw = tiny_config(data, out, train=TRAIN)
+    raw["records"]["mlflow"] = True
+    config = write_config(tmp_path / "c.yaml", raw)
+    trained = run_cli("train", config, "--fold", 0)
+    assert trained.exit_code == 0, trained.output
+    (first,) = run_dirs(out)
+    again = run_cli("train", config, "--fold", 0)
+    assert again.exit_code == 2 and "already run" in again.output  # a plain repeat is refused
+    result = run_cli("ablate", config, "--arm", "top2=train.save_top_k=2", "--name", "dup")
+    assert result.exit_code == 0, result.output
+    assert f"baseline: reusing {first}, a finished run of the same experiment" in result.output
+    assert len(run_dirs(out)) == 2  # the first run and the arm's

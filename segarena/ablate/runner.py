@@ -33,6 +33,7 @@ from segarena.errors import UserError
 from segarena.report.compare import config_diff
 from segarena.run_dir.layout import CONFIG, FOLDS, RUN, SUMMARY, RunDir
 from segarena.run_dir.per_image import RunMatrices
+from segarena.run_dir.team import DuplicateRun
 from segarena.train.experiment import select_folds, train
 from segarena.train.fold import TrainHooks
 from segarena.util.files import write_json_atomic
@@ -192,6 +193,13 @@ def ensure_run(
     ablation.set_started(arm, seed)
     try:
         path = train(config, ablation.out, fold, all_folds, hooks=recording(hooks, record_new))
+    except DuplicateRun as exc:  # the store's finished run of this very experiment is the arm's
+        same = ablation.out / exc.run if exc.run else None
+        if not exc.finished or same is None or not (same / SUMMARY).is_file():
+            raise
+        print(f"{arm}: reusing {same}, a finished run of the same experiment")
+        ablation.set_run(arm, seed, same)
+        return same
     except BaseException:
         if experiment_dir.is_dir():  # stopped before its first epoch: resume it, not a new one
             record_new()

@@ -135,6 +135,15 @@ def same_runs(client: Any, sha: str) -> list[Any]:
     return sorted(live, key=lambda r: (r.info.start_time or 0, r.info.run_id))
 
 
+class DuplicateRun(UserError):
+    """The store already holds this experiment: `run` is its "<experiment>/<run id>" (the
+    folder under its OUT), `finished` whether it ended (not running)."""
+
+    def __init__(self, message: str, run: str | None, finished: bool) -> None:
+        super().__init__(message)
+        self.run, self.finished = run, finished
+
+
 def duplicate_message(run: Any, uri: str) -> str:
     """Why a new run is refused: who ran (or runs) the same experiment, when, its score."""
     if run.info.status == "RUNNING":
@@ -260,6 +269,11 @@ def check_store(
         with store_lock(Path(out)):
             found = same_runs(open_client(claim.uri), claim.fingerprint["sha256"])
     if found and not force:
-        raise UserError(duplicate_message(found[0], claim.uri))
+        first = found[0]
+        raise DuplicateRun(
+            duplicate_message(first, claim.uri),
+            first.data.tags.get("segarena.run"),
+            first.info.status == "FINISHED",
+        )
     claim.repeat_of = [r.data.tags.get("segarena.run") or r.info.run_id for r in found]
     return claim
