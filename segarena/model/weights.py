@@ -31,8 +31,8 @@ from segarena.model.pretrained import (
     lite_name,
     lukemelas_to_timm,
     packaged_file,
-    sha256,
 )
+from segarena.util.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def weights_record(cfg: ModelConfig) -> dict[str, str | None]:
         "encoder": cfg.encoder,
         "encoder_weights": cfg.encoder_weights,
         "file": None if path is None else str(path.resolve()),
-        "sha256": None if path is None else sha256(path),
+        "sha256": None if path is None else file_sha256(path),
     }
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from segarena.config import Config
 from segarena.data.folds import make_folds, read_folds
 from segarena.data.readers import Sample
+from segarena.util.files import file_sha256
 
 # settings that never change what a run learns
 IGNORED = ("records", "experiment")
@@ -36,15 +37,6 @@ def config_part(config: Config) -> dict[str, Any]:
     raw = {k: v for k, v in config.model_dump(mode="json").items() if k not in IGNORED}
     raw["data"] = {k: v for k, v in raw["data"].items() if k != "root"}
     return raw
-
-
-def file_hash(path: Path) -> str:
-    """sha256 of a file's content, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -73,7 +65,7 @@ def data_part(config: Config, samples: list[Sample], folds: list[int]) -> dict[s
     files = []
     for path in data_files(config, samples):
         stat = path.stat()
-        seal = file_hash(path) if by_content else stat.st_mtime_ns
+        seal = file_sha256(path) if by_content else stat.st_mtime_ns
         files.append((_relative(path, root), stat.st_size, seal))
     return {
         "mode": config.records.fingerprint_data,

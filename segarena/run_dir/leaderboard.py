@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from segarena.errors import UserError
-from segarena.run_dir.fingerprint import file_hash
 from segarena.run_dir.layout import RUN, RunDir
-from segarena.util.files import append_jsonl, read_jsonl, write_json_atomic
+from segarena.util.files import append_jsonl, file_sha256, read_jsonl, write_json_atomic
 
 LEDGER = "leaderboard.jsonl"  # in the runs folder (OUT)
 METRIC_RANGE = (0.0, 1.0)  # mIoU, the metric of CV and of the leaderboard
@@ -36,8 +35,8 @@ def submission_sha256(path: Path) -> str:
     """sha256 of a submission file; of a png folder, of its files' names and hashes."""
     path = Path(path)
     if path.is_file():
-        return file_hash(path)
-    parts = [f"{p.relative_to(path).as_posix()} {file_hash(p)}" for p in sorted(path.rglob("*"))
+        return file_sha256(path)
+    parts = [f"{p.relative_to(path).as_posix()} {file_sha256(p)}" for p in sorted(path.rglob("*"))
              if p.is_file()]  # fmt: skip
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 

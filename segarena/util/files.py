@@ -8,6 +8,7 @@ leaves the old file (or none) and removes the temporary one.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -135,3 +136,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             if number < len(lines):  # a torn line can only be the last one
                 raise
     return records
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 (hex) of a file's content, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
