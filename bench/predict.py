@@ -19,8 +19,10 @@ worse of the two settings (segarena images/s over plain images/s).
 from __future__ import annotations
 
 import argparse
+import atexit
 import csv
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -112,6 +114,7 @@ def main() -> None:
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="segarena-bench-predict-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     images = root / "images"
     images.mkdir()
     paths = sorted((Path(args.data) / "train").glob("*.png"))[: args.images]

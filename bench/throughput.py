@@ -11,7 +11,9 @@ images/s over plain images/s, medians of the rounds; 1.00 = no overhead).
 from __future__ import annotations
 
 import argparse
+import atexit
 import copy
+import shutil
 import statistics
 import sys
 import tempfile
@@ -70,6 +72,7 @@ def main() -> None:
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="segarena-bench-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     make_mask_folder(root, n=args.batch * args.steps, size=args.size)
     data = DataConfig(
         root=str(root),
