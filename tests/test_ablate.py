@@ -19,11 +19,15 @@ from synthetic import make_mask_folder, tiny_config
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from segarena.ablate.arms import parse_arm, read_arms_file, split_pairs
+from segarena.ablate.infer_arms import mask_tensor, score_checkpoints
 from segarena.ablate.plan import make_plan
 from segarena.ablate.runner import run_ablation
 from segarena.ablate.stats import gain_interval
-from segarena.metrics import bootstrap_miou_diff_ci
+from segarena.data.readers import load_image
+from segarena.infer.ensemble import Ensemble, EnsembleSpec
+from segarena.metrics import bootstrap_miou_diff_ci, confusion_matrix
 from segarena.report.compare import compare_runs
+from segarena.run_dir.layout import RunDir
 from segarena.train.fold import TrainHooks
 
 TRAIN = {"epochs": 2, "batch_size": 2, "seed": 0}
@@ -253,6 +257,25 @@ def test_inference_arms_run_no_optimizer_step(helps):
     # the same arm under another setting is refused: the ablation recorded it
     result = run_cli(*args, "--infer-arm", "hflip=tta=vflip")
     assert result.exit_code == 2 and "arm 'hflip'" in result.output
+
+
+@pytest.mark.slow
+def test_inference_arm_scores_each_image_as_it_scores_alone(helps):
+    """Batched scoring (same-size images in one pass) gives every image the confusion
+    matrix it gets through predict's code one image at a time."""
+    out, root, _, _ = helps
+    run = out / json.loads((root / "ablation.json").read_text())["arms"]["lr"]["runs"]["0"]
+    matrices, _ = score_checkpoints(run, "best", {"tta": "hflip"}, device="cpu")
+    config = RunDir(run).config()
+    samples = {s.id: s for s in RunDir(run).samples_and_folds(config)[0]}
+    assert set(matrices.folds) == {0} and len(matrices.ids) == 12  # batches of 8 and 4
+    spec = EnsembleSpec((run,), checkpoint="best", overrides={"tta": "hflip"}, device="cpu")
+    ensemble = Ensemble.from_spec(spec.with_folds([0]))
+    for image_id, cm in zip(matrices.ids, matrices.cms):
+        mask = mask_tensor(samples[image_id])
+        probs = ensemble.probs(load_image(samples[image_id].image_path), mask.shape)
+        alone = confusion_matrix(probs.argmax(0), mask, config.data.num_classes, 255)
+        np.testing.assert_array_equal(cm, alone.numpy(), err_msg=image_id)
 
 
 def kill_at(call: int):

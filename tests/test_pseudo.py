@@ -22,6 +22,7 @@ from segarena.train.experiment import fold_data, train
 pytestmark = pytest.mark.slow  # the module's runs are trained and `segarena pseudo` runs on them
 
 IGNORE = 255
+# a-d run through the model as one batch (the default --batch-size 8); e alone
 POOL = {"a.png": (64, 64), "b.png": (64, 64), "c.png": (64, 64), "d.png": (64, 64),
         "more/e.png": (48, 80), "more/f.jpg": (64, 64)}  # fmt: skip
 

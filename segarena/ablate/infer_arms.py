@@ -3,8 +3,9 @@ another checkpoint kind, scored on the baseline's own validation images. Nothing
 
 Each fold's checkpoint scores the validation images of that fold only (out of fold, as
 training validated them), one confusion matrix per image, through predict's own code
-(`Ensemble.probs`: resize, normalisation, TTA, scales, sliding window), so the arm pairs
-image by image with the baseline's per-image matrices. The matrices are kept in the
+(`Ensemble.batch_probs`: resize, normalisation, TTA, scales, sliding window), so the arm pairs
+image by image with the baseline's per-image matrices. Same-size images go through
+the model in batches of predict's default size. The matrices are kept in the
 ablation folder (`infer_<arm>_seed<N>.npz`): a rerun of the ablation reuses them.
 """
 
@@ -20,6 +21,7 @@ import torch
 from segarena.data.folds import fold_indices
 from segarena.data.readers import load_image, load_mask
 from segarena.infer.ensemble import Ensemble, EnsembleSpec
+from segarena.infer.images import same_size_batches
 from segarena.metrics import confusion_matrix
 from segarena.run_dir.layout import RunDir
 from segarena.run_dir.per_image import RunMatrices
@@ -36,21 +38,30 @@ def score_checkpoints(
     config = run.config()
     samples, folds = run.samples_and_folds(config)
     spec = EnsembleSpec((Path(run_dir),), checkpoint=checkpoint, overrides=overrides, device=device)
+    classes, ignore = config.data.num_classes, config.data.ignore_index
     ids, fold_of, cms = [], [], []
     for k in sorted(run.info()["folds"]):
         _, val_idx = fold_indices(folds, k)
         ensemble = Ensemble.from_spec(spec.with_folds([k]))
-        for i in val_idx:
-            mask = torch.from_numpy(load_mask(samples[i]).astype(np.int64))
-            probs = ensemble.probs(load_image(samples[i].image_path), tuple(mask.shape))
-            cm = confusion_matrix(
-                probs.argmax(0), mask, config.data.num_classes, config.data.ignore_index
-            )
-            ids.append(samples[i].id)
-            fold_of.append(k)
-            cms.append(cm.numpy())
+        labelled = (
+            (samples[i].id, load_image(samples[i].image_path), mask_tensor(samples[i]))
+            for i in val_idx
+        )
+        for batch in same_size_batches(labelled, spec.batch_size, lambda item: item[1]):
+            batch_ids, images, masks = zip(*batch)
+            labels = ensemble.batch_probs(images, tuple(masks[0].shape)).argmax(1)
+            for sample_id, label, mask in zip(batch_ids, labels, masks):
+                cm = confusion_matrix(label, mask, classes, ignore)
+                ids.append(sample_id)
+                fold_of.append(k)
+                cms.append(cm.numpy())
     matrices = RunMatrices(ids, fold_of, np.stack(cms).astype(np.int64), "infer")
     return matrices, time.perf_counter() - started
+
+
+def mask_tensor(sample) -> torch.Tensor:
+    """A sample's mask as the int64 tensor confusion_matrix takes."""
+    return torch.from_numpy(load_mask(sample).astype(np.int64))
 
 
 def save_matrices(path: Path, matrices: RunMatrices, seconds: float) -> None:

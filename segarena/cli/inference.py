@@ -164,6 +164,7 @@ def pseudo(
     weights: str = WeightsOption,
     device: str = DeviceOption,
     workers: int = WorkersOption,
+    batch_size: int = BatchOption,
 ) -> None:
     """Pseudo-label a folder of images (confident pixels only) for data.pseudo."""
     from segarena.labels.pseudo import write_pseudo_labels

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from segarena.data.pseudo_source import MANIFEST, MASKS, PAIRS
 from segarena.errors import UserError
 from segarena.infer.ensemble import Ensemble, EnsembleSpec
-from segarena.infer.images import ImageFiles, as_is, list_images
+from segarena.infer.images import ImageFiles, as_is, list_images, same_size_batches
 from segarena.infer.options import infer_options
 from segarena.run_dir.layout import RunDir
 from segarena.run_dir.tracking import environment
@@ -86,11 +86,16 @@ def write_pseudo_labels(
             ImageFiles(items), batch_size=None, num_workers=workers, collate_fn=as_is
         )
         records = []
-        for (image_id, image), (_, path), name in zip(loader, items, names, strict=True):
-            mask = pseudo_mask(ensemble.probs(image), threshold, ignore_index)
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(mask).save(tmp / name)
-            records.append(_record(image_id, path, name, mask, ignore_index))
+        path_and_name = {image_id: (path, name) for (image_id, path), name in zip(items, names)}
+        for batch in same_size_batches(loader, spec.batch_size, lambda item: item[1]):
+            ids, batch_images = zip(*batch)
+            probs = ensemble.batch_probs(batch_images, batch_images[0].shape[:2])
+            for image_id, image_probs in zip(ids, probs):
+                path, name = path_and_name[image_id]
+                mask = pseudo_mask(image_probs, threshold, ignore_index)
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(mask).save(tmp / name)
+                records.append(_record(image_id, path, name, mask, ignore_index))
         manifest = {
             **_sources(spec, ensemble, threshold),
             "classes": classes,
