@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +119,17 @@ def frozen_config(root: Path, out: Path, **train) -> dict:
     )
     raw["model"]["bn_momentum"] = 1e-9
     return raw
+
+
+def corrupt_pixels(path: Path) -> None:
+    """Zero a PNG's compressed pixel data, keeping valid chunk checksums: reading the data
+    (header, checksums) passes, decoding the image fails."""
+    data, pos, out = path.read_bytes(), 8, bytearray(path.read_bytes()[:8])
+    while pos < len(data):
+        (size,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], bytearray(data[pos + 8 : pos + 8 + size])
+        if kind == b"IDAT":
+            body[2:] = bytes(len(body) - 2)  # the zlib header stays
+        out += struct.pack(">I", size) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        pos += 12 + size
+    path.write_bytes(bytes(out))

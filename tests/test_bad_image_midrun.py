@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 from helpers import history, only_run_dir, run_cli, write_config
-from synthetic import make_mask_folder, tiny_config
+from synthetic import corrupt_pixels, make_mask_folder, tiny_config
 
 from segarena.config import load_config
+from segarena.train import parts
 from segarena.train.experiment import train
 from segarena.train.fold import FoldTrainer, TrainHooks
 
@@ -99,6 +100,34 @@ def test_a_validation_image_stops_the_run_even_with_skip(tmp_path, break_before_
     result = run_cli("train", config(tmp_path, 2, on_bad_image="skip"))
     assert result.exit_code == 2, result.output
     assert f"error: {broken['path']}: cannot read the image" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("on_bad_image", ["stop", "skip"])
+def test_with_data_cache_an_undecodable_image_stops_or_is_skipped(
+    tmp_path, monkeypatch, on_bad_image
+):
+    """data.cache decodes every training image before epoch 1; one that passes the scan
+    but cannot be decoded stops the run (stop) or is left out like a mid-run break (skip)."""
+    broken = {}
+    real = parts.train_dataset
+
+    def train_dataset(config, samples):
+        broken["path"] = samples[0].image_path
+        corrupt_pixels(broken["path"])
+        return real(config, samples)
+
+    monkeypatch.setattr(parts, "train_dataset", train_dataset)
+    result = run_cli("train", config(tmp_path, 2, cache=True, on_bad_image=on_bad_image))
+    summary = only_run_dir(tmp_path / "runs") / "summary.json"
+    if on_bad_image == "stop":
+        assert result.exit_code == 2, result.output
+        assert f"error: {broken['path']}: cannot read the image" in result.output
+        assert not summary.exists()
+    else:
+        assert result.exit_code == 0, result.output
+        skipped = json.loads(summary.read_text())["skipped_images"]
+        assert skipped == {"count": 1, "paths": [str(broken["path"])]}
     assert "Traceback" not in result.output
 
 

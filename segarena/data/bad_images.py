@@ -16,6 +16,10 @@ the file. With `skip`:
   and adds the path to a list that last.ckpt and the fold result keep (rank 0's list
   gathers every process's at each epoch end).
 
+With data.cache the training images are decoded before epoch 1; a file that fails then
+is cached as its error and passed over in the same way (`SegDataset(keep_errors=True)`),
+except with data.tiles, whose masks are read to place the tiles: there it stops the run.
+
 Validation images are never skipped: every epoch must score the same images for its
 mIoU to compare, so a validation image that breaks mid-run stops the run (exit 2).
 """

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from segarena.data.bad_images import SkipUnreadable, collate_skipping
 from segarena.data.readers import Sample, load_image, load_mask
+from segarena.errors import UserError
 
 
 class SegDataset(Dataset):
@@ -30,12 +31,16 @@ class SegDataset(Dataset):
         transform: A.Compose,
         full_mask: bool = False,
         cache: bool = False,
+        keep_errors: bool = False,
     ):
         self.samples = samples
         self.transform = transform
         self.full_mask = full_mask
         # Decoded once in the parent: forked workers share the pages copy-on-write.
-        self.cache = [self._decode(s) for s in samples] if cache else None
+        # keep_errors (data.on_bad_image: skip): an unreadable file's UserError is cached
+        # and raised when its item is asked for, so SkipUnreadable can pass over it.
+        decode = self._decode_or_error if keep_errors else self._decode
+        self.cache = [decode(s) for s in samples] if cache else None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -53,9 +58,24 @@ class SegDataset(Dataset):
     def _decode(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
         return load_image(sample.image_path), load_mask(sample)
 
+    @classmethod
+    def _decode_or_error(cls, sample: Sample) -> tuple[np.ndarray, np.ndarray] | UserError:
+        try:
+            return cls._decode(sample)
+        except UserError as exc:
+            return exc
+
+    def _pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample `index`'s image and mask, from the cache or the files."""
+        if self.cache is None:
+            return self._decode(self.samples[index])
+        pair = self.cache[index]
+        if isinstance(pair, UserError):
+            raise pair
+        return pair
+
     def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = self.samples[index]
-        image, mask = self.cache[index] if self.cache else self._decode(sample)
+        image, mask = self._pair(index)
         if self.full_mask:
             image = self.transform(image=image)["image"]
         else:

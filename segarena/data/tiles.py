@@ -144,7 +144,7 @@ class TileDataset(SegDataset):
             )
 
     def _mask(self, index: int) -> np.ndarray:
-        return self.cache[index][1] if self.cache else load_mask(self.samples[index])
+        return self._pair(index)[1] if self.cache else load_mask(self.samples[index])
 
     def _sliding_items(self, rng: np.random.Generator) -> tuple[list, list]:
         """Every window of every image, background-only ones kept with the configured p."""
@@ -191,8 +191,7 @@ class TileDataset(SegDataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample_index, y, x = self.items[index]
-        sample = self.samples[sample_index]
-        image, mask = self.cache[sample_index] if self.cache else self._decode(sample)
+        image, mask = self._pair(sample_index)
         if y is None:
             y, x = self._random_position(mask)
         tile, tile_mask = cut_tile(

@@ -29,6 +29,7 @@ from segarena.data.dataset import normalize
 from segarena.metrics import scores
 from segarena.model.build import unwrap
 from segarena.run_dir.checkpoints import save_atomic
+from segarena.train.distributed import say
 
 
 class HeldLr:
@@ -231,9 +232,10 @@ class Averaging:
             return result
         module = self.swa.finish(fabric, images)
         if module is None:
-            fabric.print(
+            say(
+                fabric,
                 f"train.swa: training stopped at epoch {epoch}, before swa.start_epoch="
-                f"{self.swa.cfg.start_epoch}; no swa.ckpt"
+                f"{self.swa.cfg.start_epoch}; no swa.ckpt",
             )
             return result
         matrix = val_matrix(module)

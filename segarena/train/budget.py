@@ -23,6 +23,7 @@ from lightning_fabric import Fabric
 from segarena.config import Config, TrainConfig
 from segarena.errors import UserError
 from segarena.model.build import unwrap
+from segarena.train.distributed import say
 from segarena.train.loop import StepSettings, train_one_epoch, validate
 from segarena.train.parts import FoldParts, fold_scheduler
 from segarena.train.state import EpochRecord, LoopState
@@ -166,10 +167,11 @@ def plan_fold(
     epochs, planned = choose_epochs(available, train_epoch_s, val_s, finish_s, train.val_every)
     images_per_s = parts.loader.batch_size * fabric.world_size / per_step if per_step else 0.0
     plan = Plan(budget_s, epochs, planned + probe_s, probe_s, train_epoch_s, val_s, images_per_s)
-    fabric.print(
+    say(
+        fabric,
         f"fold {fold}: budget {budget_s / 60:.1f} min; measured {images_per_s:.1f} img/s, "
         f"{train_epoch_s:.0f} s per epoch, {val_s:.0f} s per validation -> {epochs} epochs "
-        f"(planned {plan.planned_s / 60:.1f} min)"
+        f"(planned {plan.planned_s / 60:.1f} min)",
     )
     return plan
 
@@ -258,8 +260,8 @@ def replan_budget(
     learner.scheduler.step_update(state.num_updates)
     if fabric.is_global_zero:
         plan.save(fold_dir / "plan.json")
-    fabric.print(f"fold {fold_dir.name.removeprefix('fold_')}: epoch 1 took {epoch_s:.0f} s -> "
-                 f"{plan.epochs} epochs (planned {plan.planned_s / 60:.1f} min)")  # fmt: skip
+    say(fabric, f"fold {fold_dir.name.removeprefix('fold_')}: epoch 1 took {epoch_s:.0f} s -> "
+                f"{plan.epochs} epochs (planned {plan.planned_s / 60:.1f} min)")  # fmt: skip
     return plan
 
 

@@ -49,6 +49,12 @@ def is_rank_zero() -> bool:
     return _rank == 0
 
 
+def say(fabric: Fabric, *args: Any, **kwargs: Any) -> None:
+    """print() on the job's first process only (Fabric.print prints once per node)."""
+    if fabric.is_global_zero:
+        print(*args, **kwargs)
+
+
 def _torchrun_layout() -> tuple[int, int] | None:
     """(processes per node, nodes) when torchrun started this process, else None."""
     if not (torch.distributed.is_available() and torch.distributed.is_torchelastic_launched()):

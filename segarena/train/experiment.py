@@ -26,7 +26,7 @@ from segarena.run_dir.team import check_store
 from segarena.run_dir.tracking import Tracker, environment
 from segarena.train.budget import BudgetTooSmall
 from segarena.train.debug import check_loss_fell, debug_config
-from segarena.train.distributed import from_rank_zero, rank_failure, start_fabric
+from segarena.train.distributed import from_rank_zero, rank_failure, say, start_fabric
 from segarena.train.fold import TrainHooks, fit_fold
 from segarena.train.parts import FoldData
 from segarena.train.summary import write_summary
@@ -168,7 +168,7 @@ def train(
         session = from_rank_zero(fabric, open_run)
         config, run_dir = session.config, session.run_dir
         tracker = record_start(session, fabric) if zero else None
-        fabric.print(f"run directory: {run_dir}")
+        say(fabric, f"run directory: {run_dir}")
         train_folds(session, fabric, tracker, hooks, results)
         if zero:
             write_summary(config, run_dir, results, tracker=tracker, fabric=fabric,
@@ -257,7 +257,7 @@ def train_folds(
             session.samples, session.folds, k, config, debug=session.debug, pseudo=pseudo
         )
         extra = f" ({len(pseudo)} pseudo-labelled)" if config.data.pseudo else ""
-        fabric.print(f"fold {k}: {len(data.train)} train{extra} / {len(data.val)} val images")
+        say(fabric, f"fold {k}: {len(data.train)} train{extra} / {len(data.val)} val images")
         share = fold_budget_s(config, results, len(folds_to_train), session.outside_folds)
         fold_start = time.perf_counter()
         fold_dir = session.run_dir.fold_dir(k)

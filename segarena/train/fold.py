@@ -28,6 +28,7 @@ from segarena.train.distributed import (
     from_rank_zero,
     gather_on_zero,
     mean_over_ranks,
+    say,
     sync_buffers,
 )
 from segarena.train.loop import Learner, StepSettings, train_one_epoch, validate
@@ -129,7 +130,7 @@ class FoldTrainer:
             parts.learner.scheduler.load_state_dict(ckpt["scheduler"])
             parts.averaging.load_state_dict(ckpt)
             self.state = LoopState.from_checkpoint(ckpt["state"])
-            self.fabric.print(f"fold {self.fold}: resuming after epoch {self.state.epoch}")
+            say(self.fabric, f"fold {self.fold}: resuming after epoch {self.state.epoch}")
         # data.on_bad_image: skip -- one list of skipped images: the loader adds, last.ckpt keeps
         parts.skipped.extend([p for p in self.state.skipped if p not in parts.skipped])
         self.state.skipped = parts.skipped

@@ -24,6 +24,7 @@ from segarena.data.sampling import RankShard, build_sampler
 from segarena.data.tiles import TileDataset
 from segarena.model.build import build_model
 from segarena.train.averaging import Averaging
+from segarena.train.distributed import say
 from segarena.train.loop import Learner
 from segarena.train.losses import build_loss
 from segarena.train.optim import LrSchedule, build_optimizer, build_scheduler
@@ -92,7 +93,8 @@ def train_dataset(config: Config, samples: list[Sample]) -> SegDataset:
         pad_divisor=pad, preset=augment.preset, rotate90=augment.rotate90,
     )  # fmt: skip
     if cfg_data.tiles is None:
-        return SegDataset(samples, transform, cache=cfg_data.cache)
+        skip = cfg_data.on_bad_image == "skip"
+        return SegDataset(samples, transform, cache=cfg_data.cache, keep_errors=skip)
     return TileDataset(
         samples, transform, cfg_data.tiles, cfg_data.ignore_index,
         cache=cfg_data.cache, seed=config.train.seed,
@@ -146,7 +148,7 @@ def build_parts(config: Config, fabric: Fabric, data: FoldData, fold_dir, epochs
     train_batches = fabric.setup_dataloaders(loader, use_distributed_sampler=False)
     skipped: list[str] = []
     if skip:  # the workers' news of unreadable images is reported here, in this process
-        warn = partial(fabric.print, file=sys.stderr)
+        warn = partial(say, fabric, file=sys.stderr)
         train_batches = SkippedImages(train_batches, skipped, warn)
     return FoldParts(
         learner=learner,

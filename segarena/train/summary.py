@@ -14,6 +14,7 @@ from segarena.run_dir.layout import RunDir
 from segarena.run_dir.pseudo_gain import pseudo_summary
 from segarena.run_dir.tracking import Tracker
 from segarena.train.budget import budget_line, budget_summary
+from segarena.train.distributed import say
 
 
 def write_summary(
@@ -26,7 +27,7 @@ def write_summary(
     if config.train.budget_min is not None:
         budget = budget_summary(config.train.budget_min, results, outside_folds)
         summary["budget"] = budget
-        fabric.print(budget_line(budget))
+        say(fabric, budget_line(budget))
     summary.update(pseudo_summary(run_dir, summary))
     run_dir.write_summary(summary)
     tracker.log_metrics({"miou": summary["miou"], "miou_std": summary["miou_std"]}, 0)
