@@ -37,21 +37,6 @@ PACKAGES = [
 ]
 
 
-def new_run_dir(out: Path, experiment: str, debug: bool) -> Path:
-    """A fresh OUT/<experiment>/<timestamp> folder (suffixed if two runs start in one second)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S") + ("-debug" if debug else "")
-    base = out / experiment
-    base.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 1000):
-        run_dir = base / (stamp if n == 1 else f"{stamp}-{n}")
-        try:
-            run_dir.mkdir()
-            return run_dir
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create a run directory under {base}")
-
-
 def _git_sha(cwd: Path) -> dict[str, Any] | None:
     try:
         sha = subprocess.run(
