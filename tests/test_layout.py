@@ -18,6 +18,7 @@ STAGES = [
     "model",
     "submission",
     "run_dir",
+    "records",
     "train",
     "infer",
     "report",

@@ -26,7 +26,7 @@ from browser import check_page, chromium
 from helpers import run_cli, write_config
 from synthetic import make_mask_folder, tiny_config
 
-from segarena.run_dir.server import server_installed
+from segarena.records.server import server_installed
 
 NO_SERVER = "the full mlflow package (pip install 'segarena[server]') is not installed"
 
@@ -180,7 +180,7 @@ def test_claims_made_together_the_earliest_trains(server, data, tmp_path):
     from segarena.config import load_config
     from segarena.data.readers import read_samples
     from segarena.errors import UserError
-    from segarena.run_dir.team import check_store
+    from segarena.records.team import check_store
 
     claims = []
     for user in ("erin", "frank"):
@@ -344,7 +344,7 @@ def test_local_store_claims_made_together_the_first_trains(data, tmp_path):
     from segarena.config import load_config
     from segarena.data.readers import read_samples
     from segarena.errors import UserError
-    from segarena.run_dir.team import check_store
+    from segarena.records.team import check_store
 
     config = load_config(team_config(data, tmp_path, 17, None))
     out = tmp_path / "runs"
@@ -368,7 +368,7 @@ def test_fingerprint_ignores_where_records_go_and_follows_what_is_learned(data, 
 
     from segarena.config import load_config
     from segarena.data.readers import read_samples
-    from segarena.run_dir.fingerprint import fingerprint
+    from segarena.records.fingerprint import fingerprint
 
     def sha(*overrides, root=data, folds=(0,)):
         config = load_config(team_config(data, tmp_path, 18, None),

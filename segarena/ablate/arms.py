@@ -29,7 +29,7 @@ import yaml
 
 from segarena.errors import UserError
 from segarena.infer.options import cli_overrides
-from segarena.run_dir.tracking import flatten
+from segarena.records.tracking import flatten
 from segarena.util.text import did_you_mean
 
 BASELINE = "baseline"

@@ -33,7 +33,7 @@ from segarena.errors import UserError
 from segarena.report.compare import config_diff
 from segarena.run_dir.layout import CONFIG, FOLDS, RUN, SUMMARY, RunDir
 from segarena.run_dir.per_image import RunMatrices
-from segarena.run_dir.team import DuplicateRun
+from segarena.records.team import DuplicateRun
 from segarena.train.experiment import select_folds, train
 from segarena.train.fold import TrainHooks
 from segarena.util.files import write_json_atomic

@@ -28,7 +28,7 @@ def server(
     ),
 ) -> None:
     """Start a team's MLflow tracking server (SQLite + artifact folder) in the foreground."""
-    from segarena.run_dir.server import server_command, server_env, tracking_uri
+    from segarena.records.server import server_command, server_env, tracking_uri
 
     command = server_command(store, host, port, allowed_hosts)
     uri = tracking_uri(host, port)
@@ -53,7 +53,7 @@ def sync(
     ),
 ) -> None:
     """Push a runs folder's local MLflow records to the tracking server (no duplicates)."""
-    from segarena.run_dir.sync import sync as run_sync
+    from segarena.records.sync import sync as run_sync
 
     target = to or os.environ.get("MLFLOW_TRACKING_URI")
     if not target:
@@ -95,8 +95,8 @@ def lb(
         return
     if target is None or public is None:
         raise UserError("lb: give a SUBMISSION (or run directory) and --public SCORE, or --plot")
-    from segarena.run_dir.leaderboard import record_lb
-    from segarena.run_dir.team import current_user
+    from segarena.records.leaderboard import record_lb
+    from segarena.records.team import current_user
 
     entry = record_lb(target, public, private, current_user(), note=typer.echo)
     cv = "n/a" if entry["cv"] is None else f"{entry['cv']:.4f}"

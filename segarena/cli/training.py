@@ -79,7 +79,7 @@ def _print_summary(run_dir: Path) -> None:
         f"± {summary['miou_std']:.4f})"
     )
     if "pseudo_gain" in summary:  # data.pseudo: did the pseudo-labels help?
-        from segarena.run_dir.pseudo_gain import gain_line
+        from segarena.train.pseudo_gain import gain_line
 
         typer.echo(gain_line(summary))
     typer.echo(f"run directory: {run_dir}")

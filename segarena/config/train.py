@@ -187,7 +187,7 @@ class AugmentConfig(Strict):
 
 
 class RecordsConfig(Strict):
-    """Where runs are recorded: the runs folder and the MLflow store (segarena.run_dir.team)."""
+    """Where runs are recorded: the runs folder and the MLflow store (segarena.records.team)."""
 
     out: str = "runs"
     mlflow: bool = True

@@ -21,7 +21,7 @@ from segarena.errors import UserError
 from segarena.infer.ensemble import Ensemble, EnsembleSpec
 from segarena.infer.images import ImageFiles, as_is, list_images, same_size_batches
 from segarena.run_dir.layout import RunDir
-from segarena.run_dir.leaderboard import write_sidecar
+from segarena.records.leaderboard import write_sidecar
 from segarena.submission.codecs import sample_image_ids
 from segarena.submission.writer import SubmissionWriter
 from segarena.util.files import check_writable

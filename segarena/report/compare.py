@@ -25,7 +25,7 @@ from segarena.run_dir.per_image import (
     samples_by_oof_name,
     stored_matrices,
 )
-from segarena.run_dir.tracking import flatten
+from segarena.records.tracking import flatten
 
 # Settings that do not change what a run learns: a diff in them is not "a change".
 IGNORED = ("experiment", "records")

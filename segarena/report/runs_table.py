@@ -17,7 +17,7 @@ from rich.table import Table
 
 from segarena.errors import UserError
 from segarena.run_dir.layout import RunDir
-from segarena.run_dir.leaderboard import run_scores
+from segarena.records.leaderboard import run_scores
 
 # (CSV column, table header); the CSV holds raw values, the table formatted ones
 COLUMNS = [
@@ -78,7 +78,7 @@ def _loss(config: dict[str, Any]) -> str:
 
 def run_row(run_dir: Path, lb: dict[str, Any] | None = None) -> dict[str, Any]:
     """One run's settings and scores; scores are None for an unfinished run. `lb` is the
-    run's leaderboard entry (segarena.run_dir.leaderboard.run_scores), if scored."""
+    run's leaderboard entry (segarena.records.leaderboard.run_scores), if scored."""
     lb = lb or {}
     run = RunDir(run_dir)
     config = run.raw_config()  # not validated: older runs are listed too

@@ -22,8 +22,8 @@ from segarena.model.build import build_model
 from segarena.model.weights import weights_record
 from segarena.run_dir.checkpoints import first_checkpoints_bytes
 from segarena.run_dir.layout import CONFIG, FOLDS, RUN, RunDir
-from segarena.run_dir.team import check_store
-from segarena.run_dir.tracking import Tracker, environment
+from segarena.records.team import check_store
+from segarena.records.tracking import Tracker, environment
 from segarena.train.budget import BudgetTooSmall
 from segarena.train.debug import check_loss_fell, debug_config
 from segarena.train.distributed import from_rank_zero, rank_failure, say, start_fabric

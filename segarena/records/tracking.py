@@ -192,7 +192,7 @@ class Tracker:
         store: dict[str, Any] | None = None,
     ):
         """`store` is run.json's record of where the run's MLflow run lives (its "uri"),
-        chosen when the run started (segarena.run_dir.team); without it, `store_uri`."""
+        chosen when the run started (segarena.records.team); without it, `store_uri`."""
         self.enabled = config.records.mlflow
         self.run_id = run_id
         if not self.enabled:

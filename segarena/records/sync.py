@@ -18,8 +18,8 @@ from typing import Any
 
 from segarena.errors import UserError
 from segarena.run_dir.layout import RunDir
-from segarena.run_dir.team import health_problem, is_server
-from segarena.run_dir.tracking import (
+from segarena.records.team import health_problem, is_server
+from segarena.records.tracking import (
     experiment_id,
     local_uri,
     open_client,

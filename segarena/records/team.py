@@ -29,8 +29,8 @@ from typing import Any
 from segarena.config import Config
 from segarena.data.readers import Sample
 from segarena.errors import UserError
-from segarena.run_dir.fingerprint import fingerprint
-from segarena.run_dir.tracking import (
+from segarena.records.fingerprint import fingerprint
+from segarena.records.tracking import (
     create_run,
     local_uri,
     open_client,

@@ -134,8 +134,8 @@ def _record_in_mlflow(run: Path, entry: dict[str, Any], note: Any) -> None:
     if run_id is None:
         return
     uri = uri or f"sqlite:///{(run.resolve().parent.parent / 'mlflow.db')}"
-    from segarena.run_dir.team import health_problem, is_server
-    from segarena.run_dir.tracking import open_client, retry_locked
+    from segarena.records.team import health_problem, is_server
+    from segarena.records.tracking import open_client, retry_locked
 
     problem = health_problem(uri) if is_server(uri) else None
     if problem is not None:
@@ -169,7 +169,7 @@ def compact(entry: dict[str, Any]) -> dict[str, Any]:
 def store_ledger(uri: str) -> list[dict[str, Any]]:
     """The scored submissions every teammate recorded in the MLflow store `uri`: the latest
     entry of each, oldest first."""
-    from segarena.run_dir.tracking import open_client, retry_locked
+    from segarena.records.tracking import open_client, retry_locked
 
     client = open_client(uri)
     ids = [e.experiment_id for e in retry_locked(client.search_experiments)]

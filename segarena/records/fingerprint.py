@@ -1,5 +1,5 @@
 """An experiment's fingerprint: what a run learns from, hashed, so that a team's store can
-tell a repeat of an experiment from a new one (segarena.run_dir.team).
+tell a repeat of an experiment from a new one (segarena.records.team).
 
 Two runs have the same fingerprint when their resolved configs match once the settings
 that do not change what is learned are left out (where records go, the experiment's
