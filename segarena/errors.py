@@ -9,6 +9,22 @@ class UserError(Exception):
     """
 
 
+class BadOption(UserError):
+    """A bad value of a function argument that is also a command-line option.
+
+    The library names the argument (`batch_size 0: expected 1 or more images`); the CLI
+    names its flag (`--batch-size 0: ...`), so each layer speaks its caller's language."""
+
+    def __init__(self, option: str, detail: str) -> None:
+        super().__init__(f"{option} {detail}")
+        self.option, self.detail = option, detail
+
+    @property
+    def as_flag(self) -> str:
+        """The message as the command line says it: `--batch-size 0: ...`."""
+        return f"--{self.option.replace('_', '-')} {self.detail}"
+
+
 class TrainingError(Exception):
     """Training could not go on (a non-finite loss, a debug run whose loss did not fall).
 

@@ -18,8 +18,8 @@ from synthetic import corrupt_pixels, make_mask_folder, tiny_config
 
 from segarena.config import load_config
 from segarena.train import parts
-from segarena.train.experiment import train
 from segarena.train.fold import FoldTrainer, TrainHooks
+from segarena.train.run import resume, train
 
 pytestmark = pytest.mark.slow  # every test trains
 
@@ -151,6 +151,6 @@ def test_a_resumed_run_still_lists_what_it_skipped_before_the_kill(tmp_path):
         train(skip, tmp_path / "runs", hooks=TrainHooks(on_epoch_start=hook))
     run_dir = only_run_dir(tmp_path / "runs")
     broken["path"].write_bytes(broken["bytes"])  # repaired before the resume
-    train(None, tmp_path / "runs", resume=run_dir)
+    resume(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["skipped_images"] == {"count": 1, "paths": [str(broken["path"])]}

@@ -12,8 +12,8 @@ from synthetic import make_mask_folder, tiny_config
 from segarena.config import config_from_dict, dump_config, load_config
 from segarena.errors import UserError
 from segarena.train.budget import Plan, choose_epochs, replan, validations
-from segarena.train.experiment import train
 from segarena.train.fold import TrainHooks
+from segarena.train.run import resume, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -91,7 +91,7 @@ def test_a_budget_below_one_epoch_exits_2_and_leaves_no_run(tmp_path):
 
 @pytest.mark.slow  # trains for its 9 s budget
 def test_budget_run_plans_epochs_fits_the_schedule_and_records_time(tmp_path):
-    run_dir = train(config_from_dict(_budget_config(tmp_path, 0.15)), tmp_path / "runs")
+    run_dir = train(config_from_dict(_budget_config(tmp_path, 0.15)), tmp_path / "runs").path
     plan = json.loads((run_dir / "fold_0" / "plan.json").read_text())
     records = history(run_dir)
     assert plan["epochs"] >= 2 and len(records) == plan["epochs"]
@@ -120,7 +120,7 @@ def test_a_killed_budget_run_resumes_with_its_plan(tmp_path):
     before = json.loads(plan_file.read_text())
     planned = before["epochs"]
 
-    train(None, tmp_path / "runs", resume=run_dir, hooks=hooks)
+    resume(run_dir, hooks=hooks)
     assert started == [1, 2, *range(2, planned + 1)]  # epochs 2..planned again
     # no second probe: a new one would have measured (and saved) other speeds
     after = json.loads(plan_file.read_text())

@@ -15,8 +15,8 @@ from synthetic import make_mask_folder, tiny_config
 
 from segarena.config import config_from_dict
 from segarena.errors import TrainingError
-from segarena.train.experiment import train
 from segarena.train.fold import TrainHooks
+from segarena.train.run import resume, train
 
 pytestmark = pytest.mark.slow  # every test trains
 
@@ -35,7 +35,7 @@ def test_resume_after_a_kill_gives_the_same_metrics(tmp_path):
             scheduler={"name": "cosine", "warmup_epochs": 1},
         )
     )
-    straight = train(config, tmp_path / "runs")
+    straight = train(config, tmp_path / "runs").path
 
     def killed_in_epoch_two(epoch, learner):
         if epoch == 2:
@@ -47,7 +47,7 @@ def test_resume_after_a_kill_gives_the_same_metrics(tmp_path):
     assert not (killed / "summary.json").exists()
     assert [r["epoch"] for r in history(killed)] == [1]
 
-    resumed = train(None, tmp_path / "runs2", resume=killed)
+    resumed = resume(killed).path
     assert resumed == killed
     assert history(resumed, keys=STABLE) == history(straight, keys=STABLE)
     a = json.loads((straight / "summary.json").read_text())
@@ -69,11 +69,11 @@ def test_same_seed_same_run_with_dataloader_workers(tmp_path):
         },
     )
     raw["data"]["num_workers"] = 2
-    first = train(config_from_dict(raw), tmp_path / "a")
-    second = train(config_from_dict(raw), tmp_path / "b")
+    first = train(config_from_dict(raw), tmp_path / "a").path
+    second = train(config_from_dict(raw), tmp_path / "b").path
     assert history(first, keys=STABLE) == history(second, keys=STABLE)
     raw["train"]["seed"] = 1
-    other = train(config_from_dict(raw), tmp_path / "c")
+    other = train(config_from_dict(raw), tmp_path / "c").path
     assert history(other, keys=STABLE) != history(first, keys=STABLE)
 
 

@@ -23,7 +23,6 @@ from segarena.errors import UserError
 from segarena.infer.options import infer_options
 from segarena.report.compare import config_diff, settings_changed
 from segarena.run_dir.checkpoints import CHECKPOINT_KINDS
-from segarena.train.experiment import parse_seeds as train_seeds
 
 # Changing these draws other images or other folds: the runs no longer pair image by image.
 UNPAIRED = ("split", "data.sources", "data.root")
@@ -31,13 +30,6 @@ UNPAIRED = ("split", "data.sources", "data.root")
 FIXED = ("experiment", "records.out", "data.classes")
 # An inference arm that names a checkpoint the baseline does not save
 NEEDS = {"ema": "train.ema", "swa": "train.swa", "top": "train.save_top_k >= 2"}
-
-
-def parse_seeds(text: str | None) -> list[int | None]:
-    """`--seeds 0,1` -> [0, 1]; no --seeds -> [None] (the config's own train.seed)."""
-    if text is None:
-        return [None]
-    return list(train_seeds(text))
 
 
 @dataclass

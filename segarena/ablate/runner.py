@@ -1,13 +1,11 @@
 """Training (or resuming) an ablation's runs, and its bookkeeping.
 
 `OUT/<experiment>/ablation/<name>/ablation.json` records, per arm and seed, the run
-directory (relative to OUT) that belongs to it: a new run is recorded when its first epoch
-starts, so that a killed ablation knows its half-trained run. Running the same command
-again resumes: a recorded run with summary.json is reused as it is, one without it
-continues from its last checkpoint (`train(None, out, resume=run_dir)`), an arm with no run
-is trained. A run hard-killed (SIGKILL) before its first epoch, never recorded, is found
-by its config and its creation time (`orphan_run`) and resumed, not left beside a new
-one. A recorded run whose config is no longer what its arm resolves to (the config
+directory (relative to OUT) that belongs to it: a run is recorded as soon as it is created
+(`Run.create`), before its first epoch, so a killed ablation always knows its runs.
+Running the same command again resumes: a recorded run with summary.json is reused as it
+is, one without it continues from its last checkpoint (`Run.fit`), an arm with no run is
+trained. A recorded run whose config is no longer what its arm resolves to (the config
 file or --set changed) is an error: a new `--name` starts a new ablation.
 
 Every run of the baseline and of the paired arms is an ordinary run directory of the
@@ -18,11 +16,9 @@ experiment, so they share OUT/<experiment>/folds.csv (checked byte for byte), an
 from __future__ import annotations
 
 import json
+import logging
 import os
-import shutil
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from segarena.ablate.arms import BASELINE, NAME, Arm
@@ -30,16 +26,17 @@ from segarena.ablate.infer_arms import load_matrices, save_matrices, score_check
 from segarena.ablate.plan import Plan
 from segarena.config import Config
 from segarena.errors import UserError
-from segarena.report.compare import config_diff
-from segarena.run_dir.layout import CONFIG, FOLDS, RUN, SUMMARY, RunDir
-from segarena.run_dir.per_image import RunMatrices
 from segarena.records.team import DuplicateRun
-from segarena.train.experiment import select_folds, train
+from segarena.report.compare import config_diff
+from segarena.run_dir.layout import RUN, RunDir
+from segarena.run_dir.per_image import RunMatrices
 from segarena.train.fold import TrainHooks
+from segarena.train.run import Folds, Run, resolve_folds
 from segarena.util.files import write_json_atomic
 
 ABLATION = "ablation.json"
-STAMP = "%Y%m%d-%H%M%S"  # RunDir.create's: run ids sort by the time they were created
+
+log = logging.getLogger(__name__)
 
 
 class Ablation:
@@ -81,17 +78,7 @@ class Ablation:
 
     def set_run(self, arm: str, seed: str, path: Path) -> None:
         self.record["arms"][arm]["runs"][seed] = os.path.relpath(path, self.out)
-        self.record["arms"][arm].get("started", {}).pop(seed, None)
         self.save()
-
-    def set_started(self, arm: str, seed: str) -> None:
-        """Note that (arm, seed) starts training now: a run killed before its first epoch
-        (so never recorded) is then known as its own on the next try (`orphan_run`)."""
-        self.record["arms"][arm].setdefault("started", {})[seed] = time.strftime(STAMP)
-        self.save()
-
-    def started(self, arm: str, seed: str) -> str | None:
-        return self.record["arms"][arm].get("started", {}).get(seed)
 
     def recorded_runs(self) -> set[Path]:
         return {
@@ -117,8 +104,7 @@ def run_ablation(
     *,
     out: Path | None = None,
     name: str,
-    fold: int | None = None,
-    all_folds: bool = False,
+    folds: Folds = None,
     hooks: TrainHooks | None = None,
     device: str = "auto",
 ) -> Outcome:
@@ -127,7 +113,7 @@ def run_ablation(
     base = plan.config(None, plan.seeds[0])
     out = Path(out if out is not None else base.records.out)
     ablation = Ablation(out, base.experiment, name)
-    ablation.start(plan, select_folds(base, fold, all_folds))
+    ablation.start(plan, resolve_folds(base, folds))
     seeds = [str(plan.config(None, s).train.seed) for s in plan.seeds]
 
     def runs_of(arm: Arm | None) -> list[Path]:
@@ -138,8 +124,7 @@ def run_ablation(
                 label,
                 key,
                 plan.config(arm, seed),
-                fold=fold,
-                all_folds=all_folds,
+                folds=folds,
                 hooks=hooks,
             )  # fmt: skip
             for seed, key in zip(plan.seeds, seeds)
@@ -158,7 +143,7 @@ def run_ablation(
             ensure_scored(ablation, arm, key, base_run, device)
             for key, base_run in zip(seeds, runs[BASELINE])
         ]
-    return Outcome(plan, ablation, seeds, runs, infer, all_folds)
+    return Outcome(plan, ablation, seeds, runs, infer, folds == "all")
 
 
 def ensure_run(
@@ -167,99 +152,31 @@ def ensure_run(
     seed: str,
     config: Config,
     *,
-    fold: int | None,
-    all_folds: bool,
+    folds: Folds,
     hooks: TrainHooks | None,
 ) -> Path:
-    """The finished run of (arm, seed): reused, resumed, or trained (and recorded)."""
-    recorded = ablation.run_of(arm, seed) or orphan_run(ablation, arm, seed, config)
+    """The finished run of (arm, seed): reused, resumed, or created (and recorded) and
+    trained."""
+    recorded = ablation.run_of(arm, seed)
     if recorded is not None and (recorded / RUN).is_file():
-        check_same_run(recorded, config, select_folds(config, fold, all_folds), arm)
-        if (recorded / SUMMARY).is_file():
-            print(f"{arm}: reusing the finished run {recorded}")
+        check_same_run(recorded, config, resolve_folds(config, folds), arm)
+        if RunDir(recorded).summary_path.is_file():
+            log.info("%s: reusing the finished run %s", arm, recorded)
             return recorded
-        print(f"{arm}: resuming {recorded}")
-        ablation.set_run(arm, seed, recorded)
-        return train(None, ablation.out, resume=recorded, hooks=hooks)
-    experiment_dir = ablation.out / config.experiment
-    before = set(experiment_dir.iterdir()) if experiment_dir.is_dir() else set()
-
-    def record_new() -> None:
-        new = new_run(experiment_dir, before, config)
-        if new is not None:
-            ablation.set_run(arm, seed, new)
-
-    print(f"{arm}: training (train.seed={config.train.seed})")
-    ablation.set_started(arm, seed)
+        log.info("%s: resuming %s", arm, recorded)
+        return Run.open(recorded).fit(hooks).path
+    log.info("%s: training (train.seed=%s)", arm, config.train.seed)
     try:
-        path = train(config, ablation.out, fold, all_folds, hooks=recording(hooks, record_new))
+        run = Run.create(config, ablation.out, folds=folds)
     except DuplicateRun as exc:  # the store's finished run of this very experiment is the arm's
         same = ablation.out / exc.run if exc.run else None
-        if not exc.finished or same is None or not (same / SUMMARY).is_file():
+        if not exc.finished or same is None or not RunDir(same).summary_path.is_file():
             raise
-        print(f"{arm}: reusing {same}, a finished run of the same experiment")
+        log.info("%s: reusing %s, a finished run of the same experiment", arm, same)
         ablation.set_run(arm, seed, same)
         return same
-    except BaseException:
-        if experiment_dir.is_dir():  # stopped before its first epoch: resume it, not a new one
-            record_new()
-        raise
-    ablation.set_run(arm, seed, path)
-    return path
-
-
-def orphan_run(ablation: Ablation, arm: str, seed: str, config: Config) -> Path | None:
-    """The run (arm, seed) started last time but that was hard-killed (SIGKILL, a lost
-    machine) before its first epoch, so never recorded: a run directory of the arm's config,
-    created since it started, that no arm records and that trained no epoch. It is returned
-    to be resumed; one killed before it was fully created (no run.json or folds.csv) is
-    removed, to be trained anew. None when there is none."""
-    since = ablation.started(arm, seed)
-    experiment_dir = ablation.out / config.experiment
-    if since is None or not experiment_dir.is_dir():
-        return None
-    wanted, recorded, found = config.model_dump(mode="json"), ablation.recorded_runs(), []
-    for path in sorted(experiment_dir.iterdir()):
-        fresh = path.is_dir() and path.name >= since and path not in recorded
-        if not fresh or not (path / CONFIG).is_file() or (path / SUMMARY).exists():
-            continue
-        if any(path.glob("fold_*/last.ckpt")) or config_diff(RunDir(path).raw_config(), wanted):
-            continue  # it trained, or it is another config's
-        if (path / RUN).is_file() and (path / FOLDS).is_file():
-            found.append(path)
-        else:
-            print(f"{arm}: removing {path}, killed before it was fully created")
-            shutil.rmtree(path)
-    return found[-1] if found else None
-
-
-def new_run(experiment_dir: Path, before: set[Path], config: Config) -> Path | None:
-    """The run directory a training created since `before` (the newest new one whose
-    config is `config`, should another run have started beside it)."""
-    wanted = config.model_dump(mode="json")
-    new = [
-        p
-        for p in experiment_dir.iterdir()
-        if p not in before
-        and (p / RUN).is_file()
-        and not config_diff(RunDir(p).raw_config(), wanted)
-    ]
-    return max(new) if new else None
-
-
-def recording(hooks: TrainHooks | None, record: Callable[[], None]) -> TrainHooks:
-    """`hooks` with `record()` called once, at the start of the run's first epoch."""
-    hooks = hooks or TrainHooks()
-    then, done = hooks.on_epoch_start, []
-
-    def on_epoch_start(epoch, learner) -> None:
-        if not done:
-            record()
-            done.append(True)
-        if then is not None:
-            then(epoch, learner)
-
-    return replace(hooks, on_epoch_start=on_epoch_start)
+    ablation.set_run(arm, seed, run.path)  # before training: a killed arm resumes this run
+    return run.fit(hooks).path
 
 
 def check_same_run(run_dir: Path, config: Config, folds: list[int], arm: str) -> None:
@@ -277,9 +194,10 @@ def check_same_run(run_dir: Path, config: Config, folds: list[int], arm: str) ->
 
 def check_same_folds(base_run: Path, arm_run: Path, arm: str) -> None:
     """UserError unless the arm's run used the baseline's folds.csv, byte for byte."""
-    if (arm_run / FOLDS).read_bytes() != (base_run / FOLDS).read_bytes():
+    if RunDir(arm_run).folds_path.read_bytes() != RunDir(base_run).folds_path.read_bytes():
         raise UserError(
-            f"arm {arm!r}: {arm_run / FOLDS} differs from the baseline's {base_run / FOLDS}; "
+            f"arm {arm!r}: {RunDir(arm_run).folds_path} differs from the baseline's "
+            f"{RunDir(base_run).folds_path}; "
             "expected every arm on the experiment's folds.csv"
         )
 
@@ -292,7 +210,7 @@ def ensure_scored(
     recorded = ablation.run_of(arm.name, seed)
     if recorded is not None and recorded.resolve() == base_run.resolve() and path.is_file():
         return load_matrices(path)
-    print(f"{arm.name}: scoring the baseline's checkpoints ({arm.change}, seed {seed})")
+    log.info("%s: scoring the baseline's checkpoints (%s, seed %s)", arm.name, arm.change, seed)
     checkpoint, overrides = arm.infer_settings()
     matrices, seconds = score_checkpoints(base_run, checkpoint, overrides, device)
     save_matrices(path, matrices, seconds)

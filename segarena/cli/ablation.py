@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from segarena.cli.common import SetOption, friendly_errors
+from segarena.cli.common import SetOption, friendly_errors, parse_seeds
 from segarena.errors import UserError
 
 
@@ -38,19 +38,20 @@ def ablate(
     from rich.console import Console
 
     from segarena.ablate.arms import parse_arm, read_arms_file
-    from segarena.ablate.plan import make_plan, parse_seeds
+    from segarena.ablate.plan import make_plan
     from segarena.ablate.runner import run_ablation
     from segarena.ablate.table import write_report
 
     if n_boot < 100:
         raise UserError(f"--n-boot {n_boot}: expected at least 100 resamples")
-    fold, all_folds = _parse_folds(folds)
+    chosen_folds = _parse_folds(folds)
     arms = [parse_arm(text, "train") for text in arm]
     arms += [parse_arm(text, "infer") for text in infer_arm]
     arms += read_arms_file(arms_file) if arms_file is not None else []
-    plan = make_plan(config, overrides, arms, parse_seeds(seeds), allow_unpaired=allow_unpaired)
+    chosen_seeds = [None] if seeds is None else parse_seeds(seeds)  # None: train.seed
+    plan = make_plan(config, overrides, arms, chosen_seeds, allow_unpaired=allow_unpaired)
     outcome = run_ablation(
-        plan, out=out, name=name or config.stem, fold=fold, all_folds=all_folds, device=device
+        plan, out=out, name=name or config.stem, folds=chosen_folds, device=device
     )
     console = Console(highlight=False)
     if not console.is_terminal:  # piped: no terminal to wrap the wide table for
@@ -59,10 +60,10 @@ def ablate(
     typer.echo(f"ablation: {', '.join(map(str, paths))}")
 
 
-def _parse_folds(text: str) -> tuple[int | None, bool]:
+def _parse_folds(text: str) -> int | str:
     if text == "all":
-        return None, True
+        return text
     try:
-        return int(text), False
+        return int(text)
     except ValueError:
         raise UserError(f"--folds {text!r}: expected a fold number (e.g. 0) or 'all'") from None

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from segarena.errors import Interrupted, TrainingError, UserError, worker_free
+from segarena.errors import BadOption, Interrupted, TrainingError, UserError, worker_free
 from segarena.util.files import disk_full_message
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # messages stay whole lines
@@ -33,6 +33,17 @@ OverlapOption = typer.Option(None, "--overlap", help="Sliding-window overlap in 
 SwBatchOption = typer.Option(None, "--sw-batch-size", help="Windows per forward pass.")
 
 
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 0,1,2` -> [0, 1, 2]; UserError unless distinct integers."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {text!r}: expected distinct integers, e.g. 0,1,2")
+    return seeds
+
+
 def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn UserError into exit code 2, TrainingError and a full disk (ENOSPC) into 1,
     each with one message."""
@@ -42,7 +53,8 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except UserError as exc:
-            err.print(f"[bold red]error:[/] {escape(worker_free(str(exc)))}")
+            text = exc.as_flag if isinstance(exc, BadOption) else worker_free(str(exc))
+            err.print(f"[bold red]error:[/] {escape(text)}")
             sys.exit(2)
         except Interrupted as exc:
             err.print(

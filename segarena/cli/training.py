@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from segarena.cli.common import SetOption, friendly_errors
+from segarena.cli.common import SetOption, friendly_errors, parse_seeds
 from segarena.errors import UserError
 
 
@@ -33,37 +33,46 @@ def train(
     signal.signal(signal.SIGTERM, _stop)
     from segarena.config import load_config
     from segarena.train.distributed import is_rank_zero
-    from segarena.train.experiment import parse_seeds
-    from segarena.train.experiment import train as run_training
-
-    if seeds is not None:
-        if resume is not None or config is None:
-            raise UserError("--seeds needs a CONFIG and starts new runs (not with --resume)")
-        run_dirs = []
-        for seed in parse_seeds(seeds):
-            cfg = load_config(config, [*overrides, f"train.seed={seed}"])
-            out_dir = out if out is not None else Path(cfg.records.out)
-            run_dirs.append(run_training(cfg, out_dir, fold, folds == "all", debug, force=force))
-            _print_summary(run_dirs[-1])
-        if is_rank_zero():  # the other processes of a job (train.devices) stay quiet
-            typer.echo(
-                f"seed ensemble: segarena predict {' '.join(map(str, run_dirs))} --images DIR ..."
-            )
-        return
+    from segarena.train.run import resume as resume_run
+    from segarena.train.run import train as train_run
+    from segarena.train.run import train_seeds
 
     if folds not in (None, "all"):
         raise UserError(f"--folds {folds!r}: expected 'all' (use --fold N for one fold)")
     if resume is not None:
-        if overrides:
-            raise UserError("--set cannot change a resumed run; start a new run instead")
-        run_dir = run_training(None, resume.parent.parent, resume=resume)
-    else:
-        if config is None:
-            raise UserError("train: give a CONFIG file, or --resume RUN_DIR")
-        cfg = load_config(config, overrides)
-        out_dir = out if out is not None else Path(cfg.records.out)
-        run_dir = run_training(cfg, out_dir, fold, folds == "all", debug, force=force)
-    _print_summary(run_dir)
+        if config is not None or seeds is not None or overrides:
+            raise UserError(
+                "--resume continues a run as it was: give no CONFIG, --seeds or --set "
+                "(start a new run to change it)"
+            )
+        _print_summary(resume_run(resume).path)
+        return
+    if config is None:
+        raise UserError("train: give a CONFIG file, or --resume RUN_DIR")
+    cfg = load_config(config, overrides)
+    chosen = "all" if folds == "all" else check_fold(cfg, fold)
+    if seeds is None:
+        run = train_run(cfg, out, folds=chosen, debug=debug, force=force)
+        _print_summary(run.path)
+        return
+    runs = train_seeds(cfg, parse_seeds(seeds), out, folds=chosen, debug=debug, force=force)
+    for run in runs:
+        _print_summary(run.path)
+    if is_rank_zero():  # the other processes of a job (train.devices) stay quiet
+        paths = " ".join(str(run.path) for run in runs)
+        typer.echo(f"seed ensemble: segarena predict {paths} --images DIR ...")
+
+
+def check_fold(config, fold: int | None) -> int:
+    """--fold N (default 0), checked against the config's split."""
+    count = config.split.fold_count
+    fold = 0 if fold is None else fold
+    if not 0 <= fold < count:
+        raise UserError(
+            f"--fold {fold}: expected 0..{count - 1} for split.method="
+            f"{config.split.method} with {count} fold(s)"
+        )
+    return fold
 
 
 def _print_summary(run_dir: Path) -> None:

@@ -7,6 +7,8 @@ errors with a did-you-mean (timm's YAML defaults silently swallow typos; we do n
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +102,16 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config, apply `--set` overrides and validate; UserError on any problem."""
+def load_config(
+    path: str | Path, overrides: list[str] | Mapping[str, Any] | None = None
+) -> Config:
+    """Read a YAML config, apply overrides and validate; UserError on any problem.
+
+    `overrides` are `--set` pairs (["train.epochs=5"]) or a mapping ({"train.epochs": 5});
+    either way each value is checked by the schema."""
     path = Path(path)
+    if isinstance(overrides, Mapping):  # JSON is YAML: each value keeps its type
+        overrides = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

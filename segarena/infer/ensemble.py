@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from segarena.config import Config, InferConfig
 from segarena.data.augment import build_transforms
 from segarena.data.dataset import normalize
-from segarena.errors import UserError
+from segarena.errors import BadOption, UserError
 from segarena.infer.options import infer_options
 from segarena.infer.sliding import infer_probs
 from segarena.model.build import build_model
@@ -69,17 +69,19 @@ class EnsembleSpec:
         if not self.run_dirs:
             raise UserError("no run directory given; expected one or more")
         if self.checkpoint not in CHECKPOINT_KINDS:
-            raise UserError(
-                f"--checkpoint {self.checkpoint!r}: expected one of {', '.join(CHECKPOINT_KINDS)}"
+            raise BadOption(
+                "checkpoint",
+                f"{self.checkpoint!r}: expected one of {', '.join(CHECKPOINT_KINDS)}"
             )
         if self.batch_size < 1:
-            raise UserError(f"--batch-size {self.batch_size}: expected 1 or more images")
+            raise BadOption("batch_size", f"{self.batch_size}: expected 1 or more images")
         weights = self.weights
         if weights is not None and (
             len(weights) != len(self.run_dirs) or min(weights) < 0 or sum(weights) <= 0
         ):
-            raise UserError(
-                f"--weights {list(weights)}: expected {len(self.run_dirs)} weights >= 0 (one "
+            raise BadOption(
+                "weights",
+                f"{list(weights)}: expected {len(self.run_dirs)} weights >= 0 (one "
                 "per run directory), not all zero"
             )
 
@@ -98,7 +100,7 @@ def pick_device(device: str) -> torch.device:
     try:
         return torch.device(device)
     except RuntimeError:
-        raise UserError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N") from None
+        raise BadOption("device", f"{device!r}: expected auto, cpu, cuda or cuda:N") from None
 
 
 def _load_model(config: Config, path: Path, device: torch.device) -> nn.Module:

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from segarena.config import Config, InferConfig, Source, SplitConfig
 from segarena.data.folds import fold_indices
 from segarena.data.readers import Sample, load_image, load_mask, read_samples
-from segarena.errors import UserError
+from segarena.errors import BadOption, UserError
 from segarena.infer.ensemble import Ensemble, EnsembleSpec
 from segarena.infer.images import as_is, same_size_batches
 from segarena.infer.tune_weights import check_same_folds
@@ -89,14 +89,15 @@ def evaluate(
     Without `images`, each fold's `split` images are scored (see the module docstring);
     with `images` and `masks`, that labelled folder is. `spec.folds` (one fold) keeps that
     fold's checkpoints only. The result (pooled and per-fold scores, members, options) goes
-    to the first run directory as eval_<split or folder-NAME><options>.json and is returned.
+    to the first run directory as eval_<split or folder-NAME><options>.json and is returned,
+    with that file's `path`.
     """
     run_dirs, checkpoint, weights = spec.run_dirs, spec.checkpoint, spec.weights
     fold = None if spec.folds is None else spec.folds[0]
     if split not in SPLITS:
-        raise UserError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
+        raise BadOption("split", f"{split!r}: expected one of {', '.join(SPLITS)}")
     if (images is None) != (masks is None):
-        raise UserError("--images and --masks go together: a labelled folder needs both")
+        raise UserError("images and masks go together: a labelled folder needs both")
     run = RunDir(run_dirs[0]).check((RUN, CONFIG, FOLDS))
     config = run.config()
     if images is not None:
@@ -127,8 +128,9 @@ def evaluate(
         "infer": options.model_dump(mode="json"),
     }
     tag = options_tag(options) + _members_tag(checkpoint, fold, len(run_dirs), weights)
-    write_json_atomic(run_dirs[0] / f"eval_{label}{tag}.json", result)
-    return result
+    path = run_dirs[0] / f"eval_{label}{tag}.json"
+    write_json_atomic(path, result)
+    return {**result, "path": str(path)}
 
 
 def score_folds(spec: EnsembleSpec, run: RunDir, config: Config, split: str, workers: int):

@@ -10,7 +10,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from segarena.data.readers import IMAGE_EXTS, load_image
-from segarena.errors import UserError
+from segarena.errors import BadOption
 
 T = TypeVar("T")
 
@@ -19,16 +19,17 @@ def list_images(images_dir: Path, ids: list[str] | None = None) -> list[tuple[st
     """(id, path) of the images to predict: the sample's ids, or every image in the folder."""
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
-        raise UserError(f"--images {images_dir}: folder not found")
+        raise BadOption("images", f"{images_dir}: folder not found")
     if ids is None:
         paths = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
         if not paths:
-            raise UserError(f"--images {images_dir}: no {', '.join(IMAGE_EXTS)} files in it")
+            raise BadOption("images", f"{images_dir}: no {', '.join(IMAGE_EXTS)} files in it")
         return [(p.relative_to(images_dir).as_posix(), p) for p in paths]
     missing = [i for i in ids if not (images_dir / i).is_file()]
     if missing:
-        raise UserError(
-            f"--images {images_dir}: {len(missing)} image(s) the sample lists are not there, "
+        raise BadOption(
+            "images",
+            f"{images_dir}: {len(missing)} image(s) the sample lists are not there, "
             f"e.g. {missing[:3]} (sample ids are paths relative to --images)"
         )
     return [(i, images_dir / i) for i in ids]

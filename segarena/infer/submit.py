@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import DataLoader
 
-from segarena.errors import UserError
+from segarena.errors import BadOption
 from segarena.infer.ensemble import Ensemble, EnsembleSpec
 from segarena.infer.images import ImageFiles, as_is, list_images, same_size_batches
-from segarena.run_dir.layout import RunDir
 from segarena.records.leaderboard import write_sidecar
+from segarena.run_dir.layout import RunDir
 from segarena.submission.codecs import sample_image_ids
 from segarena.submission.writer import SubmissionWriter
 from segarena.util.files import check_writable
@@ -85,5 +85,5 @@ def made_by(spec: EnsembleSpec, images: Path, fmt: str, sample, size, count: int
 def check_output(out: Path, fmt: str) -> None:
     """UserError naming --out unless the submission can be written there."""
     if fmt != "png" and out.is_dir():
-        raise UserError(f"--out {out}: is a folder; expected a {fmt} file path")
+        raise BadOption("out", f"{out}: is a folder; expected a {fmt} file path")
     check_writable(out.parent, f"--out {out}")

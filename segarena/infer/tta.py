@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segarena.errors import UserError
+from segarena.errors import BadOption, UserError
 from segarena.model.build import forward_logits
 
 # name -> (hflip first?, quarter turns k): x -> rot90(hflip(x), k)
@@ -62,7 +62,7 @@ def view_names(tta: str | Sequence[str]) -> list[str]:
     """The view names of a preset (`none`, `hflip`, `vflip`, `d4`) or of a list of views."""
     if isinstance(tta, str):
         if tta not in PRESETS:
-            raise UserError(f"--tta {tta!r}: expected one of {', '.join(PRESETS)}")
+            raise BadOption("tta", f"{tta!r}: expected one of {', '.join(PRESETS)}")
         return PRESETS[tta]
     unknown = [name for name in tta if name not in VIEWS]
     if unknown or not tta:
@@ -114,7 +114,7 @@ def tta_probs(
     (call it in `torch.inference_mode()` with `model.eval()`).
     """
     if merge not in MERGES:
-        raise UserError(f"--merge {merge!r}: expected one of {', '.join(MERGES)}")
+        raise BadOption("merge", f"{merge!r}: expected one of {', '.join(MERGES)}")
     total, count = None, 0
     for logits in view_logits(model, images, view_names(tta), scales):
         part = _merge_space(logits, merge)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from segarena.config import Config
 from segarena.data.readers import Sample, load_mask
-from segarena.errors import UserError
+from segarena.errors import BadOption, UserError
 from segarena.metrics import mious, scores
 from segarena.run_dir.layout import RunDir
 from segarena.run_dir.per_image import oof_paths, samples_by_oof_name
@@ -139,7 +139,7 @@ def tune_weights(run_dirs: Sequence[Path], steps: int = 10) -> dict[str, Any]:
     if len(run_dirs) < 2:
         raise UserError("tune-weights: give at least two run directories to weigh")
     if not 1 <= steps <= 100:
-        raise UserError(f"--steps {steps}: expected 1..100 (weights move by 1/steps)")
+        raise BadOption("steps", f"{steps}: expected 1..100 (weights move by 1/steps)")
     oof = oof_images(run_dirs)
     config, folds = oof.config, oof.folds
     grid = simplex_grid(len(run_dirs), steps)

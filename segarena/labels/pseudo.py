@@ -39,8 +39,8 @@ from segarena.errors import UserError
 from segarena.infer.ensemble import Ensemble, EnsembleSpec
 from segarena.infer.images import ImageFiles, as_is, list_images, same_size_batches
 from segarena.infer.options import infer_options
-from segarena.run_dir.layout import RunDir
 from segarena.records.tracking import environment
+from segarena.run_dir.layout import RunDir
 from segarena.util.files import atomic_output
 from segarena.util.text import examples
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from segarena.errors import UserError
-from segarena.run_dir.layout import RunDir
 from segarena.records.team import health_problem, is_server
 from segarena.records.tracking import (
     experiment_id,
@@ -26,6 +25,7 @@ from segarena.records.tracking import (
     retry_locked,
     store_lock,
 )
+from segarena.run_dir.layout import RunDir
 
 SOURCE_TAG = "segarena.source_run"
 

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from segarena.errors import UserError
 from segarena.metrics import bootstrap_miou_diff_ci, scores
+from segarena.records.tracking import flatten
 from segarena.run_dir.layout import RunDir
 from segarena.run_dir.per_image import (
     RunMatrices,
@@ -25,7 +26,6 @@ from segarena.run_dir.per_image import (
     samples_by_oof_name,
     stored_matrices,
 )
-from segarena.records.tracking import flatten
 
 # Settings that do not change what a run learns: a diff in them is not "a change".
 IGNORED = ("experiment", "records")

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from segarena.errors import UserError
-from segarena.report.html import img, new_figure, note, page, section, table
 from segarena.records.leaderboard import LEDGER, ledger, store_ledger
+from segarena.report.html import img, new_figure, note, page, section, table
 from segarena.util.files import write_text_atomic
 
 FLAG_TIMES = 3.0  # a submission is flagged this many times further from the line...

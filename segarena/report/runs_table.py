@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from segarena.errors import UserError
-from segarena.run_dir.layout import RunDir
 from segarena.records.leaderboard import run_scores
+from segarena.run_dir.layout import RunDir
 
 # (CSV column, table header); the CSV holds raw values, the table formatted ones
 COLUMNS = [

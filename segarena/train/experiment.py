@@ -1,4 +1,5 @@
-"""A training run: samples -> folds -> one fit per fold -> summary.json, records, MLflow."""
+"""A training session's steps: check and create (or reload) a run, record its start, train
+its folds. `segarena.train.run.Run` puts them together."""
 
 from __future__ import annotations
 
@@ -17,45 +18,18 @@ from segarena.data.cleanse import cleanse_training
 from segarena.data.folds import fold_indices, load_or_create_folds
 from segarena.data.pseudo_source import pseudo_records, pseudo_samples
 from segarena.data.readers import Sample, read_samples
-from segarena.errors import Interrupted, UserError, worker_free
+from segarena.errors import UserError, worker_free
 from segarena.model.build import build_model
 from segarena.model.weights import weights_record
-from segarena.run_dir.checkpoints import first_checkpoints_bytes
-from segarena.run_dir.layout import CONFIG, FOLDS, RUN, RunDir
 from segarena.records.team import check_store
 from segarena.records.tracking import Tracker, environment
-from segarena.train.budget import BudgetTooSmall
-from segarena.train.debug import check_loss_fell, debug_config
-from segarena.train.distributed import from_rank_zero, rank_failure, say, start_fabric
+from segarena.run_dir.checkpoints import first_checkpoints_bytes
+from segarena.run_dir.layout import CONFIG, FOLDS, RUN, RunDir
+from segarena.train.debug import debug_config
+from segarena.train.distributed import say
 from segarena.train.fold import TrainHooks, fit_fold
 from segarena.train.parts import FoldData
-from segarena.train.summary import write_summary
 from segarena.util.files import check_free_space, check_writable
-
-
-def parse_seeds(text: str) -> list[int]:
-    """`--seeds 0,1,2` -> [0, 1, 2]; UserError unless distinct integers."""
-    try:
-        seeds = [int(part) for part in text.split(",")]
-    except ValueError:
-        seeds = []
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise UserError(f"--seeds {text!r}: expected distinct integers, e.g. 0,1,2")
-    return seeds
-
-
-def select_folds(config: Config, fold: int | None, all_folds: bool) -> list[int]:
-    """The folds to train: `--folds all`, `--fold N`, or fold 0."""
-    count = config.split.fold_count
-    if all_folds:
-        return list(range(count))
-    fold = 0 if fold is None else fold
-    if not 0 <= fold < count:
-        raise UserError(
-            f"--fold {fold}: expected 0..{count - 1} for split.method="
-            f"{config.split.method} with {count} fold(s)"
-        )
-    return [fold]
 
 
 def run_pseudo_samples(config: Config, samples: list[Sample], debug: bool) -> list[Sample]:
@@ -135,61 +109,6 @@ class Session:
     def outside_folds(self) -> float:
         """This session's seconds outside the folds so far (start-up, summary)."""
         return time.perf_counter() - self.started - self.in_folds
-
-
-def train(
-    config: Config | None,
-    out: Path,
-    fold: int | None = None,
-    all_folds: bool = False,
-    debug: bool = False,
-    *,
-    resume: Path | None = None,
-    hooks: TrainHooks | None = None,
-    force: bool = False,
-) -> Path:
-    """Run (or resume) training; returns the run directory holding summary.json.
-    `hooks` reach into every fold's loop (segarena.train.fold.TrainHooks); `force` trains
-    an experiment the store already holds (a repeat)."""
-    if resume is not None:  # every process reads the config: it says how many there are
-        config = RunDir(resume).check((RUN, CONFIG, FOLDS)).config()
-    assert config is not None
-    folds_to_train = select_folds(config, fold, all_folds) if resume is None else []
-    fabric = start_fabric(config, debug)  # one process per rank from here (train.distributed)
-    session, tracker, results = None, None, []
-    zero = fabric.is_global_zero  # rank 0 alone creates (or reloads) the run and writes it
-
-    def open_run() -> Session:  # on rank 0: check the data, create (or reload) the run
-        if resume is not None:
-            return resume_session(resume)
-        return new_session(config, out, folds_to_train, debug, force)
-
-    try:
-        session = from_rank_zero(fabric, open_run)
-        config, run_dir = session.config, session.run_dir
-        tracker = record_start(session, fabric) if zero else None
-        say(fabric, f"run directory: {run_dir}")
-        train_folds(session, fabric, tracker, hooks, results)
-        if zero:
-            write_summary(config, run_dir, results, tracker=tracker, fabric=fabric,
-                          outside_folds=session.outside_folds)  # fmt: skip
-    except BudgetTooSmall as exc:
-        if zero and not session.resumed and not results:  # nothing trained: leave no run
-            tracker.discard()
-            shutil.rmtree(run_dir.path)
-        elif zero:
-            tracker.finish(None, status="FAILED")
-        raise rank_failure(fabric, exc, shared=True) from None  # one process says it
-    except BaseException as exc:
-        exc = rank_failure(fabric, exc)
-        if session is not None and zero:
-            record_failure(session, tracker, exc)
-            if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, Interrupted):
-                raise Interrupted(session.run_dir.path) from exc
-        raise exc  # the same error, or what a job of several processes ends with
-    if session.debug and zero:
-        check_loss_fell(results)
-    return run_dir.path
 
 
 def record_failure(session: Session, tracker: Tracker, exc: BaseException) -> None:

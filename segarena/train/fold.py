@@ -19,8 +19,8 @@ from lightning_fabric import Fabric
 from segarena.config import Config
 from segarena.metrics import scores
 from segarena.model.build import unwrap
-from segarena.run_dir.checkpoints import load_checkpoint, save_atomic
 from segarena.records.tracking import Tracker
+from segarena.run_dir.checkpoints import load_checkpoint, save_atomic
 from segarena.train.averaging import bn_images
 from segarena.train.budget import Plan, plan_budget, replan_budget
 from segarena.train.distributed import (

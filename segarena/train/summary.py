@@ -10,11 +10,11 @@ from lightning_fabric import Fabric
 from segarena.config import Config
 from segarena.data.bad_images import skipped_summary
 from segarena.metrics import scores
-from segarena.run_dir.layout import RunDir
-from segarena.train.pseudo_gain import pseudo_summary
 from segarena.records.tracking import Tracker
+from segarena.run_dir.layout import RunDir
 from segarena.train.budget import budget_line, budget_summary
 from segarena.train.distributed import say
+from segarena.train.pseudo_gain import pseudo_summary
 
 
 def write_summary(
