@@ -20,14 +20,16 @@ from segarena.data.bad_images import SkippedImages
 from segarena.data.dataset import SegDataset, train_loader, val_loader
 from segarena.data.mixing import build_mixer
 from segarena.data.readers import Sample
-from segarena.data.sampling import RankShard, build_sampler
+from segarena.data.sampling import SAMPLERS, RankShard, build_sampler
 from segarena.data.tiles import TileDataset
+from segarena.errors import UserError
 from segarena.model.build import build_model
 from segarena.train.averaging import Averaging
 from segarena.train.distributed import say
 from segarena.train.loop import Learner
-from segarena.train.losses import build_loss
-from segarena.train.optim import LrSchedule, build_optimizer, build_scheduler
+from segarena.train.losses import LOSSES, build_loss
+from segarena.train.optim import SCHEDULERS, LrSchedule, build_optimizer, build_scheduler
+from segarena.util.registry import Registry
 
 
 @dataclass
@@ -99,6 +101,23 @@ def train_dataset(config: Config, samples: list[Sample]) -> SegDataset:
         samples, transform, cfg_data.tiles, cfg_data.ignore_index,
         cache=cfg_data.cache, seed=config.train.seed,
     )  # fmt: skip
+
+
+def check_names(config: Config) -> None:
+    """UserError (with a did-you-mean) for a loss, scheduler or sampler name that no registry
+    holds: the config keeps these as plain strings (config/ comes before the stages that
+    register them), so a caller checks them here before anything trains."""
+    for i, term in enumerate(config.loss.terms):
+        _registered(LOSSES, term.name, f"loss.terms[{i}].name")
+    _registered(SCHEDULERS, config.scheduler.name, "scheduler.name")
+    _registered(SAMPLERS, config.train.sampler.name, "train.sampler.name")
+
+
+def _registered(registry: Registry, name: str, key: str) -> None:
+    try:
+        registry.get(name)
+    except UserError as exc:
+        raise UserError(f"{key}: {exc}") from None
 
 
 def fold_scheduler(config: Config, optimizer, loader_steps: int, epochs: int) -> LrSchedule:
