@@ -3,9 +3,9 @@ schedule, loss, mixer), set up on Fabric; and the seeding that makes epochs repe
 
 from __future__ import annotations
 
+import logging
 import math
 import random
-import sys
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -167,7 +167,7 @@ def build_parts(config: Config, fabric: Fabric, data: FoldData, fold_dir, epochs
     train_batches = fabric.setup_dataloaders(loader, use_distributed_sampler=False)
     skipped: list[str] = []
     if skip:  # the workers' news of unreadable images is reported here, in this process
-        warn = partial(say, fabric, file=sys.stderr)
+        warn = partial(say, fabric, level=logging.WARNING)
         train_batches = SkippedImages(train_batches, skipped, warn)
     return FoldParts(
         learner=learner,
