@@ -29,7 +29,7 @@ import numpy as np
 
 from segarena.config import expand_env, load_config
 from segarena.infer.ensemble import EnsembleSpec
-from segarena.infer.evaluate import evaluate
+from segarena.infer.evaluate import evaluate_ensemble
 from segarena.infer.tune_weights import tune_weights
 from segarena.train.run import train
 
@@ -75,7 +75,7 @@ def main() -> None:
             tuple(runs), weights=weights and tuple(weights), overrides=infer or {}, device="cpu",
             folds=None if fold is None else (fold,),
         )  # fmt: skip
-        return evaluate(spec, **folder)["miou"]
+        return evaluate_ensemble(spec, **folder)["miou"]
 
     def single(infer=None) -> float:
         return float(np.mean([on_val([run_a], infer, fold=k) for k in range(3)]))

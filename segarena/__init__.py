@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# The library logs and never prints; the command line shows the records (cli.common.show_logs)
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # public name -> the module that defines it

@@ -114,6 +114,8 @@ def test_seeds_set_train_seed_of_the_baseline_and_every_arm(tmp_path):
         (["--arm", "a=optimizer.lr=0.01", "--arm", "a=optimizer.lr=0.02"],
          "two arms are named 'a'"),
         (["--arm", "typo=optimizer.lrr=0.01"], "arm 'typo': "),
+        (["--arm", "sched=scheduler.name=cosin"],
+         "arm 'sched': scheduler.name: unknown scheduler 'cosin'; did you mean 'cosine'?"),
         (["--arm", "folds=split.n_folds=3"], "arm 'folds' changes split.n_folds"),
         (["--arm", "src=data.sources=[{images: images, masks: other}]"], "arm 'src' changes"),
         (["--arm", "exp=experiment=other"], "arm 'exp' changes experiment"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -234,14 +235,15 @@ def test_save_top_k_one_writes_no_top_folder(tmp_path):
 
 
 @pytest.mark.slow  # trains
-def test_early_stop_before_swa_starts_leaves_no_swa_checkpoint(tmp_path, capsys):
+def test_early_stop_before_swa_starts_leaves_no_swa_checkpoint(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="segarena")  # the library logs; the CLI shows it
     data = make_mask_folder(tmp_path / "data", n=8)
     # frozen weights: val mIoU stops improving after epoch 1
     swa = {"start_epoch": 5}
     raw = frozen_config(data, tmp_path / "runs", epochs=10, early_stopping=2, swa=swa)
     run_dir = train(config_from_dict(raw), tmp_path / "runs").path
     assert len(history(run_dir)) == 3
-    assert "stopped at epoch 3, before swa.start_epoch=5; no swa.ckpt" in capsys.readouterr().out
+    assert "stopped at epoch 3, before swa.start_epoch=5; no swa.ckpt" in caplog.text
     assert not (run_dir / "fold_0" / "swa.ckpt").exists()
     assert "swa_miou" not in json.loads((run_dir / "summary.json").read_text())
 

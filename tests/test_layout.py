@@ -1,5 +1,6 @@
 """The package layout of ARCHITECTURE.md: imports run one way (later stage -> earlier
-stage), there are no import cycles, and the shared helpers have one home each."""
+stage), there are no import cycles, each shared helper has one home, library modules log
+(only the command line prints), and only run_dir/ names a run directory's files."""
 
 from __future__ import annotations
 
@@ -92,22 +93,146 @@ def test_no_import_cycles():
     assert cycles == []
 
 
-def test_no_module_is_longer_than_the_budget():
+# A generous guard against a module that holds several concepts, not a style budget: a
+# module should be one concept, whatever its length.
+MAX_LINES = 500
+
+
+def test_no_module_is_longer_than_the_size_guard():
     long = {
         module_name(p): n
         for p in PACKAGE.rglob("*.py")
-        if (n := len(p.read_text().splitlines())) > 320
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
     }
     assert long == {}
 
 
+# Primitives that one module wraps for everyone: (the text that gives them away, their home).
+PRIMITIVE_HOMES = {
+    "get_close_matches": {"segarena.util.text"},  # did-you-mean hints
+    "os.replace": {"segarena.util.files"},  # atomic writes
+    "fcntl.flock": {"segarena.util.files"},  # locks between processes
+}
+# Second homes that exist today and are being merged (the lead empties this after the merge):
+KNOWN_SECOND_HOMES = {
+    "fcntl.flock": {"segarena.records.tracking"},  # store_lock, beside util.files.folder_lock
+}
+
+
 def test_shared_helpers_have_one_home():
-    """did-you-mean, atomic writes and the examples helper are defined once (segarena/util)."""
-    definitions = {"get_close_matches": [], "os.replace": []}
+    """did-you-mean, atomic writes and file locks are written once (segarena/util)."""
+    found: dict[str, set[str]] = {needle: set() for needle in PRIMITIVE_HOMES}
     for path in PACKAGE.rglob("*.py"):
         text = path.read_text()
-        for needle, where in definitions.items():
+        for needle, where in found.items():
             if needle in text:
-                where.append(module_name(path))
-    assert definitions["get_close_matches"] == ["segarena.util.text"]
-    assert definitions["os.replace"] == ["segarena.util.files"]
+                where.add(module_name(path))
+    expected = {n: PRIMITIVE_HOMES[n] | KNOWN_SECOND_HOMES.get(n, set()) for n in found}
+    assert found == expected
+
+
+def top_level_names(path: Path) -> list[ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef]:
+    """The public functions and classes a module defines at its top level."""
+    return [
+        node
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        and not node.name.startswith("_")
+    ]
+
+
+def is_command(node: ast.AST) -> bool:
+    """A `segarena` command: a function of cli/ wrapped in friendly_errors."""
+    decorators = getattr(node, "decorator_list", [])
+    return any(isinstance(d, ast.Name) and d.id == "friendly_errors" for d in decorators)
+
+
+# Public names that several modules define on purpose, each with its reason. (A command of
+# cli/ may take the name of the library function it runs, e.g. cli.training.train over
+# train.experiment.train: commands are left out of the check.)
+SAME_NAME_ALLOWED = {
+    "Plan": "two concepts: an ablation's checked arms (ablate.plan), a fold's budget "
+    "schedule (train.budget)",
+    "print_table": "two tables: the ablation's arms (ablate.table), the runs (report.runs_table)",
+    "write_csv": "two tables: the ablation's arms (ablate.table), the runs (report.runs_table)",
+    "write_report": "one page each: the ablation, the audit, the run",
+    "read_manifest": "two manifests, each checked its own way: audit.json, pseudo.json",
+}
+# Duplicates that exist today and are being merged into one home. The lead empties this set
+# after the merge; a name that is not here (or in SAME_NAME_ALLOWED) must have one home.
+KNOWN_DUPLICATES = {
+    "check_same_folds",  # infer.tune_weights and ablate.runner
+}
+
+
+def test_each_public_helper_is_defined_in_one_module():
+    """No two modules define the same public top-level name (one home per helper)."""
+    homes: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in top_level_names(path):
+            if not is_command(node):
+                homes.setdefault(node.name, []).append(module_name(path))
+    duplicated = {name: where for name, where in homes.items() if len(where) > 1}
+    unexplained = set(duplicated) - set(SAME_NAME_ALLOWED) - KNOWN_DUPLICATES
+    assert unexplained == set(), {name: duplicated[name] for name in unexplained}
+    # an allowance that no longer applies goes too (keeps the lists honest)
+    assert set(SAME_NAME_ALLOWED) | KNOWN_DUPLICATES <= set(duplicated)
+
+
+def calls_print(path: Path) -> list[int]:
+    """Lines where `path` uses the builtin print (called, or passed on as a function)."""
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Name) and node.id == "print" and isinstance(node.ctx, ast.Load)
+    ]
+
+
+# Modules outside cli/ that still print; the lead converts them to logging and empties this.
+PRINTS_ALLOWED: set[str] = set()
+
+
+def test_library_modules_log_and_only_the_cli_prints():
+    """Outside segarena/cli/ a module logs (logging.getLogger(__name__)); the command line
+    shows the records (cli.common.show_logs). A rich Console passed in by the caller is fine."""
+    printing = {
+        module_name(path): lines
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if stage(module_name(path)) != "cli" and (lines := calls_print(path))
+    }
+    assert set(printing) - PRINTS_ALLOWED == set(), printing
+    assert PRINTS_ALLOWED <= set(printing)  # a module that stopped printing leaves the list
+
+
+# A run directory's files, which segarena.run_dir names (RunDir and its constants).
+RUN_FILES = ("run.json", "summary.json", "result.json", "config.yaml")
+# Modules outside run_dir/ that name a run file in a literal today; the typed records of
+# run_dir/ will shrink this (the lead empties it), and no other module may join it.
+RUN_FILE_LITERALS_ALLOWED = {
+    "segarena.records.sync",  # "run.json"
+    "segarena.records.tracking",  # "summary.json", "config.yaml" (MLflow artifacts)
+    "segarena.report.runs_table",  # "*/run.json", "*/*/run.json" (finding runs)
+    "segarena.train.fold",  # "result.json"
+}
+
+
+def run_file_literals(path: Path) -> list[str]:
+    """String literals of `path` that are a run file's name or a path ending in one (prose
+    that mentions a file, as in an error message, is not a file name)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            text = node.value
+            if any(text == name or text.endswith("/" + name) for name in RUN_FILES):
+                found.append(f"{node.lineno}: {text!r}")
+    return found
+
+
+def test_run_file_names_live_in_run_dir():
+    named = {
+        module_name(path): found
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if stage(module_name(path)) != "run_dir" and (found := run_file_literals(path))
+    }
+    assert set(named) - RUN_FILE_LITERALS_ALLOWED == set(), named
+    assert RUN_FILE_LITERALS_ALLOWED <= set(named)  # a module that no longer does leaves

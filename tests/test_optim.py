@@ -8,7 +8,7 @@ from torch import nn
 
 from segarena.config import OptimizerConfig, SchedulerConfig
 from segarena.errors import UserError
-from segarena.train.optim import build_optimizer, build_scheduler
+from segarena.train.optim import SCHEDULERS, build_optimizer, build_scheduler
 
 LR, WARMUP_LR, MIN_LR = 0.1, 1e-4, 1e-5
 STEPS = 10  # optimizer steps per epoch
@@ -255,3 +255,39 @@ def test_cosine_is_per_update_not_per_epoch():
     lrs = run(optimizer, schedule, 2)
     assert lrs[1] == pytest.approx(LR * 0.5 * (1 + math.cos(math.pi / 20)))
     assert len(set(lrs[:STEPS])) == STEPS
+
+
+WARMED = WARMUP_LR + (LR - WARMUP_LR) * 5 / 10  # half of the 10 warmup updates
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        # 40 decay updates after warmup: half-way the cosine is at the middle of lr and min_lr
+        ("cosine", {5: WARMED, 10: LR, 30: (LR + MIN_LR) / 2, 49: MIN_LR + (LR - MIN_LR) / 2
+                    * (1 + math.cos(math.pi * 39 / 40))}),
+        ("poly", {5: WARMED, 10: LR, 30: MIN_LR + (LR - MIN_LR) * 0.5**0.9,
+                  49: MIN_LR + (LR - MIN_LR) * (1 / 40) ** 0.9}),
+        # decays every 2 epochs (20 updates) counted from the start, warmup included
+        ("step", {5: WARMED, 10: LR, 19: LR, 20: LR * 0.5, 39: LR * 0.5, 40: LR * 0.25}),
+        ("plateau", {5: WARMED, 10: LR, 49: LR}),  # no validation metric: no decay
+        ("none", {5: WARMED, 10: LR, 49: LR}),
+    ],
+)  # fmt: skip
+def test_each_registered_schedule_gives_its_hand_computed_lrs(name, expected):
+    optimizer, schedule = make_schedule(
+        name=name, warmup_epochs=1, warmup_lr=WARMUP_LR, min_lr=MIN_LR, poly_power=0.9,
+        step_epochs=2, decay_rate=0.5,
+    )  # fmt: skip
+    lrs = run(optimizer, schedule, 5)
+    assert {t: lrs[t] for t in expected} == pytest.approx(expected, rel=1e-9)
+
+
+def test_every_registered_schedule_is_tested_by_name():
+    assert SCHEDULERS.names() == ["cosine", "none", "plateau", "poly", "step"]
+
+
+def test_unknown_scheduler_suggests_a_fix():
+    optimizer = build_optimizer(tiny_model(), OptimizerConfig(name="sgd"))
+    with pytest.raises(UserError, match=r"unknown scheduler 'cosin'; did you mean 'cosine'\?"):
+        build_scheduler(optimizer, SchedulerConfig(name="cosin"), 5, STEPS)

@@ -11,8 +11,9 @@ from torch.utils.data import Dataset
 
 from segarena.config import SamplerConfig, config_from_dict
 from segarena.data.dataset import train_loader
-from segarena.data.sampling import build_sampler, class_balanced_weights
+from segarena.data.sampling import SAMPLERS, build_sampler, class_balanced_weights
 from segarena.errors import UserError
+from segarena.train.parts import check_names
 
 RARE, COMMON = 10, 90  # 10 images hold class 1 and background; 90 hold background only
 
@@ -85,7 +86,16 @@ def test_same_seed_same_draws_other_seed_other_draws():
 
 def test_sampler_config_is_checked():
     base = {"data": {"sources": [{"images": "i", "masks": "m"}], "classes": ["a", "b"]}}
-    with pytest.raises(UserError, match=r"train.sampler.name: Input should be 'uniform' or"):
-        config_from_dict({**base, "train": {"sampler": {"name": "balanced"}}})
+    # the name is checked against the registry (config/ comes before data/): did-you-mean
+    config = config_from_dict({**base, "train": {"sampler": {"name": "balanced"}}})
+    hint = r"unknown sampler 'balanced'; did you mean 'class_balanced'\? \(known: "
+    with pytest.raises(UserError, match=hint):
+        build_sampler(config.train.sampler, [(0,)], torch.Generator())
+    with pytest.raises(UserError, match=r"^train.sampler.name: " + hint):
+        check_names(config)  # what a caller runs before anything trains
     with pytest.raises(UserError, match=r"train.sampler.powr: unknown key; did you mean 'power'"):
         config_from_dict({**base, "train": {"sampler": {"name": "uniform", "powr": 1}}})
+
+
+def test_every_registered_sampler_is_tested_by_name():
+    assert SAMPLERS.names() == ["class_balanced", "uniform"]

@@ -23,6 +23,7 @@ from segarena.errors import UserError
 from segarena.infer.options import infer_options
 from segarena.report.compare import config_diff, settings_changed
 from segarena.run_dir.checkpoints import CHECKPOINT_KINDS
+from segarena.train.parts import check_names
 
 # Changing these draws other images or other folds: the runs no longer pair image by image.
 UNPAIRED = ("split", "data.sources", "data.root")
@@ -78,6 +79,7 @@ def make_plan(
         seen.add(arm.name)
     plan = Plan(Path(config_path), list(overrides), seeds)
     base = plan.config(None, seeds[0])
+    check_names(base)
     plan.arms = [
         check_train_arm(plan, arm, base, allow_unpaired)
         if arm.kind == "train"
@@ -97,6 +99,7 @@ def check_train_arm(plan: Plan, arm: Arm, base: Config, allow_unpaired: bool) ->
     try:
         sets_seed = "seed" in parse_overrides(list(arm.pairs)).get("train", {})
         config = plan.config(arm, plan.seeds[0])
+        check_names(config)
     except UserError as exc:
         raise UserError(f"arm {arm.name!r}: {exc}") from None
     if sets_seed and plan.seeds != [None]:

@@ -1,6 +1,8 @@
-"""What every `segarena` command shares: the error handling and the common options.
+"""What every `segarena` command shares: the error handling, the log lines and the common
+options.
 
 Bad input exits with code 2 and one clear message; a run that cannot go on exits with 1.
+The library logs and never prints; the command line shows its records as plain lines.
 Heavy imports (torch, SMP, MLflow) happen inside the commands so `--help` stays instant.
 """
 
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -44,12 +47,45 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+class CurrentStream(logging.StreamHandler):
+    """A handler that writes to sys.stdout or sys.stderr as they are when a record comes:
+    click's test runner and rich's live display replace them after the handler is made."""
+
+    def __init__(self, which: str):
+        self.which = which
+        super().__init__()
+
+    @property
+    def stream(self) -> Any:  # type: ignore[override]
+        return getattr(sys, self.which)
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler's own assignment: ignored
+        pass
+
+
+def show_logs() -> None:
+    """segarena's log records as plain lines, set up once per process: INFO on stdout (scripts
+    and tests read lines such as `run directory: ...` from it), warnings and errors on stderr."""
+    logger = logging.getLogger("segarena")
+    if any(isinstance(h, CurrentStream) for h in logger.handlers):
+        return
+    out, errors = CurrentStream("stdout"), CurrentStream("stderr")
+    out.addFilter(lambda record: record.levelno < logging.WARNING)
+    errors.setLevel(logging.WARNING)
+    for handler in (out, errors):
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn UserError into exit code 2, TrainingError and a full disk (ENOSPC) into 1,
-    each with one message."""
+    each with one message; the command's log lines are shown (`show_logs`)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        show_logs()
         try:
             return command(*args, **kwargs)
         except UserError as exc:

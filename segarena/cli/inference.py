@@ -68,10 +68,10 @@ def evaluate(
     batch_size: int = BatchOption,
 ) -> None:
     """Score runs (or their ensemble) with any inference options, as predict would run them."""
-    from segarena.infer.evaluate import evaluate as run_evaluate
+    from segarena.infer.evaluate import evaluate_ensemble
 
     spec = ensemble_spec(run_dirs, locals()).with_folds(None if fold is None else [fold])
-    result = run_evaluate(spec, split, images=images, masks=masks, workers=workers)
+    result = evaluate_ensemble(spec, split, images=images, masks=masks, workers=workers)
     per_fold = ", ".join(f"{f['fold']}: {f['miou']:.4f}" for f in result["folds"])
     typer.echo(f"{result['split']} mIoU {result['miou']:.4f} (folds {per_fold})")
 

@@ -98,7 +98,7 @@ def lb(
     from segarena.records.leaderboard import record_lb
     from segarena.records.team import current_user
 
-    entry = record_lb(target, public, private, current_user(), note=typer.echo)
+    entry = record_lb(target, public, private, current_user())
     cv = "n/a" if entry["cv"] is None else f"{entry['cv']:.4f}"
     private_text = "" if private is None else f", private {private:.4f}"
     names = ", ".join(Path(r).name for r in entry["runs"])

@@ -40,10 +40,11 @@ def train(
     if folds not in (None, "all"):
         raise UserError(f"--folds {folds!r}: expected 'all' (use --fold N for one fold)")
     if resume is not None:
-        if config is not None or seeds is not None or overrides:
+        if overrides:
+            raise UserError("--set cannot change a resumed run; start a new run instead")
+        if config is not None or seeds is not None:
             raise UserError(
-                "--resume continues a run as it was: give no CONFIG, --seeds or --set "
-                "(start a new run to change it)"
+                "--resume continues a run with its own config.yaml: give no CONFIG or --seeds"
             )
         _print_summary(resume_run(resume).path)
         return

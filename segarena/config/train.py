@@ -38,7 +38,7 @@ class OptimizerConfig(Strict):
 
 
 class SchedulerConfig(Strict):
-    name: Literal["cosine", "poly", "step", "plateau", "none"] = "cosine"
+    name: str = "cosine"  # a schedule of segarena.train.optim.SCHEDULERS
     warmup_epochs: float = Field(0.0, ge=0)
     warmup_lr: float = Field(1e-6, ge=0)
     min_lr: float = Field(1e-6, ge=0)
@@ -51,7 +51,7 @@ class SchedulerConfig(Strict):
 class SamplerConfig(Strict):
     """Which training images each epoch draws (segarena.data.sampling)."""
 
-    name: Literal["uniform", "class_balanced"] = "uniform"
+    name: str = "uniform"  # a sampler of segarena.data.sampling.SAMPLERS
     # class_balanced: image weight = max over its classes of (1 / share of images with it)^power
     power: float = Field(0.5, ge=0.0, le=2.0)
 

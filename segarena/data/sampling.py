@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Sampler, WeightedRandomSampler
 
 from segarena.config import SamplerConfig
+from segarena.util.registry import Registry
 
 
 def class_balanced_weights(item_classes: Sequence[Sequence[int]], power: float) -> torch.Tensor:
@@ -39,6 +40,9 @@ def class_balanced_weights(item_classes: Sequence[Sequence[int]], power: float) 
     return torch.tensor(weights, dtype=torch.double)
 
 
+SAMPLERS = Registry("sampler")
+
+
 def build_sampler(
     cfg: SamplerConfig,
     item_classes: Sequence[Sequence[int]],
@@ -47,10 +51,26 @@ def build_sampler(
     """The sampler `cfg` names, or None for uniform (the loader then shuffles).
 
     The sampler draws from `generator`, the loader's own, which the training loop reseeds
-    every epoch: the same seed gives the same draws, with or without a resume.
+    every epoch: the same seed gives the same draws, with or without a resume. Each name is
+    a factory in SAMPLERS, called with (cfg, item_classes, generator); an unknown name is a
+    UserError with a did-you-mean.
     """
-    if cfg.name == "uniform":
-        return None
+    return SAMPLERS.create(cfg.name, cfg=cfg, item_classes=item_classes, generator=generator)
+
+
+@SAMPLERS.register("uniform")
+def uniform_sampler(
+    cfg: SamplerConfig, item_classes: Sequence[Sequence[int]], generator: torch.Generator | None
+) -> None:
+    """No sampler: the loader shuffles, each item once per epoch."""
+    return None
+
+
+@SAMPLERS.register("class_balanced")
+def class_balanced_sampler(
+    cfg: SamplerConfig, item_classes: Sequence[Sequence[int]], generator: torch.Generator | None
+) -> Sampler:
+    """len(items) draws with replacement, weighted by `class_balanced_weights` (cfg.power)."""
     weights = class_balanced_weights(item_classes, cfg.power)
     return WeightedRandomSampler(
         weights, num_samples=len(weights), replacement=True, generator=generator

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from segarena.infer.ensemble import Ensemble, EnsembleSpec
-from segarena.infer.evaluate import evaluate as evaluate_spec
+from segarena.infer.evaluate import evaluate_ensemble
 
 RunLike = os.PathLike | str  # a Run (os.PathLike) or a run directory's path
 
@@ -82,7 +82,7 @@ def evaluate(
     window, overlap, sw_batch_size."""
     spec = _spec(runs, checkpoint=checkpoint, weights=weights, folds=folds, device=device,
                  batch_size=batch_size, options=options)  # fmt: skip
-    result = evaluate_spec(
+    result = evaluate_ensemble(
         spec,
         split,
         images=None if images is None else Path(images),

@@ -14,6 +14,7 @@ Two ways to score:
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from segarena.metrics import ConfusionMatrix, scores
 from segarena.run_dir.layout import CONFIG, FOLDS, RUN, RunDir
 from segarena.util.files import write_json_atomic
 
+log = logging.getLogger(__name__)
 SPLITS = ("val", "train", "all")
 
 
@@ -76,7 +78,7 @@ def labelled_folder(config, images: Path, masks: Path) -> list[Sample]:
     return read_samples(data, SplitConfig())
 
 
-def evaluate(
+def evaluate_ensemble(
     spec: EnsembleSpec,
     split: str = "val",
     *,
@@ -149,7 +151,7 @@ def score_folds(spec: EnsembleSpec, run: RunDir, config: Config, split: str, wor
         matrices.append(matrix)
         per_fold.append({"fold": k, "images": len(picked), **scores(matrix)})
         members += [m.name for m in ensemble.members]
-        print(f"fold {k}: {split} mIoU {per_fold[-1]['miou']:.4f} ({len(picked)} images)")
+        log.info(f"fold {k}: {split} mIoU {per_fold[-1]['miou']:.4f} ({len(picked)} images)")
     return per_fold, matrices, members, ensemble.members[0].options
 
 

@@ -134,7 +134,7 @@ def load_encoder_weights(model: nn.Module, path: str | Path, stem_factor: int = 
             f"it seems made for another encoder (model keys e.g. {missing}, file keys e.g. {extra})"
         )
     encoder.load_state_dict({k: state[k] for k in common}, strict=False)
-    log.info("loaded %d of %d encoder tensors from %s", len(common), len(own), path)
+    log.debug("loaded %d of %d encoder tensors from %s", len(common), len(own), path)
     return len(common)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from segarena.errors import UserError
 from segarena.run_dir.layout import RUN, RunDir
 from segarena.util.files import append_jsonl, file_sha256, read_jsonl, write_json_atomic
 
+log = logging.getLogger(__name__)
 LEDGER = "leaderboard.jsonl"  # in the runs folder (OUT)
 METRIC_RANGE = (0.0, 1.0)  # mIoU, the metric of CV and of the leaderboard
 
@@ -101,11 +103,10 @@ def cv_score(runs: list[Path]) -> float | None:
     return sum(values) / len(values)
 
 
-def record_lb(
-    target: Path, public: float, private: float | None, user: str, note: Any = print
-) -> dict[str, Any]:
+def record_lb(target: Path, public: float, private: float | None, user: str) -> dict[str, Any]:
     """Record a leaderboard score of a submission (or run): a ledger line in each run's
-    runs folder, and MLflow metrics and a tag on each run's MLflow run. Returns the entry."""
+    runs folder, and MLflow metrics and a tag on each run's MLflow run (a store that does
+    not answer is a logged warning). Returns the entry."""
     check_score(public, "--public")
     check_score(private, "--private")
     runs, ident = scored_runs(target)
@@ -121,14 +122,14 @@ def record_lb(
     for out in sorted({r.resolve().parent.parent for r in runs}):
         append_jsonl(out / LEDGER, entry)
     for run in runs:
-        _record_in_mlflow(run, entry, note)
+        _record_in_mlflow(run, entry)
     return entry
 
 
-def _record_in_mlflow(run: Path, entry: dict[str, Any], note: Any) -> None:
+def _record_in_mlflow(run: Path, entry: dict[str, Any]) -> None:
     """lb_public/lb_private (one step per score) and the tags segarena.lb (true) and
     segarena.lb.<key> (the entry) on the run's MLflow run; a store that cannot be reached
-    is noted, not an error (the ledger holds the score)."""
+    is a warning, not an error (the ledger holds the score)."""
     info = RunDir(run).info()
     uri, run_id = (info.get("store") or {}).get("uri"), info.get("mlflow_run_id")
     if run_id is None:
@@ -139,7 +140,9 @@ def _record_in_mlflow(run: Path, entry: dict[str, Any], note: Any) -> None:
 
     problem = health_problem(uri) if is_server(uri) else None
     if problem is not None:
-        note(f"{uri} does not answer ({problem}): the score of {run.name} is in the ledger only")
+        log.warning(
+            f"{uri} does not answer ({problem}): the score of {run.name} is in the ledger only"
+        )
         return
     client = open_client(uri)
     step = len(retry_locked(client.get_metric_history, run_id, "lb_public"))

@@ -17,6 +17,7 @@ SQLite store has no such race: its file lock covers the look and the claim toget
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import time
 import urllib.error
@@ -40,6 +41,7 @@ from segarena.records.tracking import (
 )
 from segarena.util.files import remove
 
+log = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 3.0
 SETTLE_S = 1.5  # how long a claim waits for a concurrent one (a request in flight) to land
 FINGERPRINT_TAG = "segarena.fingerprint"
@@ -96,10 +98,9 @@ def resolve_store(config: Config, out: Path) -> tuple[str, str | None]:
             "start it (segarena server) or set records.require_server: false to record locally"
         )
     local = local_uri(out)
-    print(
+    log.warning(
         f"tracking server {uri} does not answer ({problem}): recording in {local} instead; "
-        f"push it later with: segarena sync {out} --to {uri}",
-        flush=True,
+        f"push it later with: segarena sync {out} --to {uri}"
     )
     return local, uri
 

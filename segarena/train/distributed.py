@@ -18,9 +18,9 @@ work, and failures that stop every process.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -36,6 +36,7 @@ from segarena.errors import TrainingError, UserError
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
 _children: list[subprocess.Popen] = []  # the processes Fabric's launcher started from here
 _rank = 0  # this process's global rank, once launched
 GRACE_S = 60  # a failed child: how long rank 0 may take to stop by itself (NCCL may block)
@@ -49,10 +50,13 @@ def is_rank_zero() -> bool:
     return _rank == 0
 
 
-def say(fabric: Fabric, *args: Any, **kwargs: Any) -> None:
-    """print() on the job's first process only (Fabric.print prints once per node)."""
+def say(fabric: Fabric, message: str, level: int = logging.INFO) -> None:
+    """Log `message` on the job's first process only (Fabric.print prints once per node).
+
+    Library code logs and never prints: the command line shows segarena's INFO lines on
+    stdout and its warnings on stderr (segarena.cli.common.show_logs)."""
     if fabric.is_global_zero:
-        print(*args, **kwargs)
+        log.log(level, message, stacklevel=2)
 
 
 def _torchrun_layout() -> tuple[int, int] | None:
@@ -158,8 +162,7 @@ def _watch_children() -> None:
     while (failed := _failed_child()) is None:
         time.sleep(1.0)
     time.sleep(GRACE_S)
-    print(f"process rank {failed[0]} stopped with exit code {failed[1]}; stopping the job",
-          file=sys.stderr, flush=True)  # fmt: skip
+    log.error("process rank %d stopped with exit code %d; stopping the job", *failed)
     _stop_children()
     os._exit(failed[1])
 

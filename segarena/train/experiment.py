@@ -28,7 +28,7 @@ from segarena.run_dir.layout import CONFIG, FOLDS, RUN, RunDir
 from segarena.train.debug import debug_config
 from segarena.train.distributed import say
 from segarena.train.fold import TrainHooks, fit_fold
-from segarena.train.parts import FoldData
+from segarena.train.parts import FoldData, check_names
 from segarena.util.files import check_free_space, check_writable
 
 
@@ -128,6 +128,7 @@ def new_session(
     """Check the data, the model and the store (no repeat of a run), then create the run
     directory."""
     config = debug_config(config) if debug else config
+    check_names(config)  # losses, schedulers, samplers: a misspelt name fails before any file
     check_writable(out, f"--out {out}")  # records.out unless given: fails before anything
     samples = read_samples(config.data, config.split)
     # a model (and weights) that cannot be built fails here, before any file is written

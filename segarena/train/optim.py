@@ -17,6 +17,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from segarena.config import OptimizerConfig, SchedulerConfig
 from segarena.errors import UserError
+from segarena.util.registry import Registry
 from segarena.util.text import did_you_mean
 
 LOOKAHEAD = "lookahead_"  # timm wraps any optimizer in Lookahead when its name has this prefix
@@ -112,6 +113,9 @@ class LrSchedule:
             group["lr"] = lr
 
 
+SCHEDULERS = Registry("scheduler")
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, epochs: int, steps_per_epoch: int
 ) -> LrSchedule:
@@ -122,78 +126,130 @@ def build_scheduler(
     step multiplies the lr by `cfg.decay_rate` every `cfg.step_epochs` epochs (counted from
     the start of training); plateau multiplies it by `cfg.decay_rate` when val mIoU has not
     improved for more than `cfg.patience` validations; none keeps it constant.
+
+    Each name is a factory in SCHEDULERS, called with (optimizer, cfg, epochs,
+    steps_per_epoch); an unknown name is a UserError with a did-you-mean.
     """
+    factory = SCHEDULERS.get(cfg.name)
     if steps_per_epoch < 1:
         raise UserError(
             f"steps_per_epoch={steps_per_epoch}: an epoch must have at least one optimizer step "
             "(is the training set smaller than train.batch_size * train.accumulate?)"
         )
-    if cfg.name in ("step", "plateau") and not 0 < cfg.decay_rate < 1:
+    return factory(optimizer=optimizer, cfg=cfg, epochs=epochs, steps_per_epoch=steps_per_epoch)
+
+
+@SCHEDULERS.register("cosine")
+def cosine_schedule(
+    optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, epochs: int, steps_per_epoch: int
+) -> LrSchedule:
+    """Warmup, then a cosine decay to `cfg.min_lr` at the last update."""
+    warmup = _warmup_before_decay(cfg, epochs, steps_per_epoch)
+    # warmup_prefix: decay starts from the full lr after warmup and ends at the last step.
+    per_update = CosineLRScheduler(
+        optimizer,
+        t_initial=epochs * steps_per_epoch - warmup,
+        lr_min=cfg.min_lr,
+        warmup_prefix=True,
+        **_warmup_args(cfg, warmup),
+    )
+    return LrSchedule(optimizer, per_update, warmup_updates=warmup)
+
+
+@SCHEDULERS.register("poly")
+def poly_schedule(
+    optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, epochs: int, steps_per_epoch: int
+) -> LrSchedule:
+    """Warmup, then lr * (1 - t / T) ** `cfg.poly_power` down to `cfg.min_lr`."""
+    warmup = _warmup_before_decay(cfg, epochs, steps_per_epoch)
+    per_update = PolyLRScheduler(
+        optimizer,
+        t_initial=epochs * steps_per_epoch - warmup,
+        power=cfg.poly_power,
+        lr_min=cfg.min_lr,
+        warmup_prefix=True,
+        **_warmup_args(cfg, warmup),
+    )
+    return LrSchedule(optimizer, per_update, warmup_updates=warmup)
+
+
+@SCHEDULERS.register("step")
+def step_schedule(
+    optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, epochs: int, steps_per_epoch: int
+) -> LrSchedule:
+    """Warmup; the lr is multiplied by `cfg.decay_rate` every `cfg.step_epochs` epochs."""
+    _check_decay_rate(cfg)
+    warmup = _warmup_updates(cfg, steps_per_epoch)
+    # No warmup_prefix: decays fall on epoch multiples of step_epochs, warmup or not.
+    per_update = StepLRScheduler(
+        optimizer,
+        decay_t=cfg.step_epochs * steps_per_epoch,
+        decay_rate=cfg.decay_rate,
+        warmup_prefix=False,
+        **_warmup_args(cfg, warmup),
+    )
+    return LrSchedule(optimizer, per_update, warmup_updates=warmup)
+
+
+@SCHEDULERS.register("plateau")
+def plateau_schedule(
+    optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, epochs: int, steps_per_epoch: int
+) -> LrSchedule:
+    """Warmup, then the lr is multiplied by `cfg.decay_rate` when val mIoU stalls."""
+    _check_decay_rate(cfg)
+    warmup = _warmup_updates(cfg, steps_per_epoch)
+    per_update = _constant(optimizer, cfg, warmup)  # made first: it sets the warmup lr
+    # torch's ReduceLROnPlateau rather than timm's PlateauLRScheduler wrapper of it: timm's
+    # is deprecated, warms up per epoch only, and its state_dict drops the patience
+    # counter, so a resumed run would decay at a different epoch.
+    on_plateau = ReduceLROnPlateau(
+        optimizer, mode="max", factor=cfg.decay_rate, patience=cfg.patience, min_lr=cfg.min_lr
+    )
+    return LrSchedule(optimizer, per_update, on_plateau, warmup)
+
+
+@SCHEDULERS.register("none")
+def constant_schedule(
+    optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, epochs: int, steps_per_epoch: int
+) -> LrSchedule:
+    """Warmup, then a constant lr."""
+    warmup = _warmup_updates(cfg, steps_per_epoch)
+    return LrSchedule(optimizer, _constant(optimizer, cfg, warmup), warmup_updates=warmup)
+
+
+def _warmup_updates(cfg: SchedulerConfig, steps_per_epoch: int) -> int:
+    """`cfg.warmup_epochs` in whole updates (at least one when there is any warmup)."""
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    if cfg.warmup_epochs > 0:
+        warmup = max(1, warmup)
+    return warmup
+
+
+def _warmup_before_decay(cfg: SchedulerConfig, epochs: int, steps_per_epoch: int) -> int:
+    """The warmup of a schedule that decays until the last update: it must leave updates."""
+    warmup = _warmup_updates(cfg, steps_per_epoch)
+    if cfg.warmup_epochs >= epochs:
+        raise UserError(
+            f"scheduler.warmup_epochs={cfg.warmup_epochs} leaves no epochs to decay in: "
+            f"expected less than train.epochs={epochs} with scheduler.name={cfg.name!r}"
+        )
+    # Rounding to whole updates (tiny data: 1 update per epoch) must leave one to decay.
+    return min(warmup, epochs * steps_per_epoch - 1)
+
+
+def _check_decay_rate(cfg: SchedulerConfig) -> None:
+    if not 0 < cfg.decay_rate < 1:
         raise UserError(
             f"scheduler.decay_rate={cfg.decay_rate}: expected a factor in (0, 1) "
             f"with scheduler.name={cfg.name!r}"
         )
-    warmup = _warmup_updates(cfg, epochs, steps_per_epoch)
-    per_update = _per_update(optimizer, cfg, epochs * steps_per_epoch, warmup, steps_per_epoch)
-    plateau = _plateau(optimizer, cfg) if cfg.name == "plateau" else None
-    return LrSchedule(optimizer, per_update, plateau, warmup)
 
 
-def _warmup_updates(cfg: SchedulerConfig, epochs: int, steps_per_epoch: int) -> int:
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    if cfg.warmup_epochs > 0:
-        warmup = max(1, warmup)
-    if cfg.name in ("cosine", "poly"):
-        if cfg.warmup_epochs >= epochs:
-            raise UserError(
-                f"scheduler.warmup_epochs={cfg.warmup_epochs} leaves no epochs to decay in: "
-                f"expected less than train.epochs={epochs} with scheduler.name={cfg.name!r}"
-            )
-        # Rounding to whole updates (tiny data: 1 update per epoch) must leave one to decay.
-        warmup = min(warmup, epochs * steps_per_epoch - 1)
-    return warmup
-
-
-def _per_update(
-    optimizer: torch.optim.Optimizer,
-    cfg: SchedulerConfig,
-    total: int,
-    warmup: int,
-    steps_per_epoch: int,
-) -> Scheduler:
+def _warmup_args(cfg: SchedulerConfig, warmup: int) -> dict[str, Any]:
     # timm counts t_initial, warmup_t and decay_t in updates when t_in_epochs=False.
-    common = dict(warmup_t=warmup, warmup_lr_init=cfg.warmup_lr, t_in_epochs=False)
-    if cfg.name == "cosine":
-        # warmup_prefix: decay starts from the full lr after warmup and ends at the last step.
-        return CosineLRScheduler(
-            optimizer, t_initial=total - warmup, lr_min=cfg.min_lr, warmup_prefix=True, **common
-        )
-    if cfg.name == "poly":
-        return PolyLRScheduler(
-            optimizer,
-            t_initial=total - warmup,
-            power=cfg.poly_power,
-            lr_min=cfg.min_lr,
-            warmup_prefix=True,
-            **common,
-        )
-    if cfg.name == "step":
-        # No warmup_prefix: decays fall on epoch multiples of step_epochs, warmup or not.
-        return StepLRScheduler(
-            optimizer,
-            decay_t=cfg.step_epochs * steps_per_epoch,
-            decay_rate=cfg.decay_rate,
-            warmup_prefix=False,
-            **common,
-        )
-    # none, plateau: warmup, then constant (a step schedule that never decays).
-    return StepLRScheduler(optimizer, decay_t=1, decay_rate=1.0, **common)
+    return dict(warmup_t=warmup, warmup_lr_init=cfg.warmup_lr, t_in_epochs=False)
 
 
-def _plateau(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig) -> ReduceLROnPlateau:
-    # torch's ReduceLROnPlateau rather than timm's PlateauLRScheduler wrapper of it: timm's
-    # is deprecated, warms up per epoch only, and its state_dict drops the patience
-    # counter, so a resumed run would decay at a different epoch.
-    return ReduceLROnPlateau(
-        optimizer, mode="max", factor=cfg.decay_rate, patience=cfg.patience, min_lr=cfg.min_lr
-    )
+def _constant(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, warmup: int) -> Scheduler:
+    """Warmup, then constant: a step schedule that never decays."""
+    return StepLRScheduler(optimizer, decay_t=1, decay_rate=1.0, **_warmup_args(cfg, warmup))

@@ -3,9 +3,9 @@ schedule, loss, mixer), set up on Fabric; and the seeding that makes epochs repe
 
 from __future__ import annotations
 
+import logging
 import math
 import random
-import sys
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -20,14 +20,16 @@ from segarena.data.bad_images import SkippedImages
 from segarena.data.dataset import SegDataset, train_loader, val_loader
 from segarena.data.mixing import build_mixer
 from segarena.data.readers import Sample
-from segarena.data.sampling import RankShard, build_sampler
+from segarena.data.sampling import SAMPLERS, RankShard, build_sampler
 from segarena.data.tiles import TileDataset
+from segarena.errors import UserError
 from segarena.model.build import build_model
 from segarena.train.averaging import Averaging
 from segarena.train.distributed import say
 from segarena.train.loop import Learner
-from segarena.train.losses import build_loss
-from segarena.train.optim import LrSchedule, build_optimizer, build_scheduler
+from segarena.train.losses import LOSSES, build_loss
+from segarena.train.optim import SCHEDULERS, LrSchedule, build_optimizer, build_scheduler
+from segarena.util.registry import Registry
 
 
 @dataclass
@@ -101,6 +103,23 @@ def train_dataset(config: Config, samples: list[Sample]) -> SegDataset:
     )  # fmt: skip
 
 
+def check_names(config: Config) -> None:
+    """UserError (with a did-you-mean) for a loss, scheduler or sampler name that no registry
+    holds: the config keeps these as plain strings (config/ comes before the stages that
+    register them), so a caller checks them here before anything trains."""
+    for i, term in enumerate(config.loss.terms):
+        _registered(LOSSES, term.name, f"loss.terms[{i}].name")
+    _registered(SCHEDULERS, config.scheduler.name, "scheduler.name")
+    _registered(SAMPLERS, config.train.sampler.name, "train.sampler.name")
+
+
+def _registered(registry: Registry, name: str, key: str) -> None:
+    try:
+        registry.get(name)
+    except UserError as exc:
+        raise UserError(f"{key}: {exc}") from None
+
+
 def fold_scheduler(config: Config, optimizer, loader_steps: int, epochs: int) -> LrSchedule:
     """The fold's lr schedule over `epochs` epochs of `loader_steps` batches."""
     updates_per_epoch = math.ceil(loader_steps / config.train.accumulate)
@@ -148,7 +167,7 @@ def build_parts(config: Config, fabric: Fabric, data: FoldData, fold_dir, epochs
     train_batches = fabric.setup_dataloaders(loader, use_distributed_sampler=False)
     skipped: list[str] = []
     if skip:  # the workers' news of unreadable images is reported here, in this process
-        warn = partial(say, fabric, file=sys.stderr)
+        warn = partial(say, fabric, level=logging.WARNING)
         train_batches = SkippedImages(train_batches, skipped, warn)
     return FoldParts(
         learner=learner,

@@ -1,13 +1,23 @@
-"""Console output for training: a rich progress bar on terminals, one line per epoch always."""
+"""Training's progress: one logged line per epoch always, and a live bar on terminals.
+
+The epoch line is an INFO record of this module's logger, as every library message is (the
+command line shows them on stdout). The live bar redraws itself in place, which a log record
+cannot do, so it stays a rich display on stderr, shown only when stderr is a terminal and
+someone asked for segarena's INFO lines (the command line does; a library user who has not
+configured logging gets neither the lines nor the bar).
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+log = logging.getLogger(__name__)
 
 
 class EpochProgress:
@@ -17,11 +27,15 @@ class EpochProgress:
         self.enabled = enabled
         self.console = console or Console(stderr=True)
 
+    def live(self) -> bool:
+        """Whether to draw the bar: enabled, INFO wanted, and stderr a terminal."""
+        return self.enabled and log.isEnabledFor(logging.INFO) and self.console.is_terminal
+
     @contextmanager
     def epoch(
         self, fold: int, epoch: int, epochs: int, steps: int
     ) -> Iterator[Callable[[int, float, float, float], None] | None]:
-        if not (self.enabled and self.console.is_terminal):
+        if not self.live():
             yield None
             return
         bar = Progress(
@@ -49,10 +63,8 @@ class EpochProgress:
             f" val mIoU {record['val_miou']:.4f} (best {best:.4f})" if "val_miou" in record else ""
         )
         stop = "  early stop" if stopping else ""
-        self.console.print(
+        log.info(
             f"fold {fold} epoch {record['epoch']}: loss {record['train_loss']:.4f} "
             f"lr {record['lr']:.2e} {record['images_per_s']:.1f} img/s "
-            f"(data wait {100 * record['data_wait_share']:.0f}%){val}{stop}",
-            highlight=False,
-            soft_wrap=True,
+            f"(data wait {100 * record['data_wait_share']:.0f}%){val}{stop}"
         )
