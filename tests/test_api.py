@@ -51,8 +51,8 @@ def test_train_returns_a_finished_run_that_opens_with_its_records(project):
     assert isinstance(run, sa.Run) and run.finished
     summary = json.loads((run.path / "summary.json").read_text())
     opened = sa.Run.open(run.path)
-    assert opened.summary["miou"] == summary["miou"]
-    assert opened.info["folds"] == [0]
+    assert opened.summary.miou == summary["miou"]
+    assert opened.info.folds == [0]
     assert opened.config.train.batch_size == 2  # the override reached the resolved config
 
 
@@ -63,9 +63,9 @@ def test_create_makes_the_run_directory_before_fit_trains_it(project, tmp_path):
     run = sa.Run.create(config, out=tmp_path / "runs", folds="all")
     assert (run.path / "run.json").is_file() and (run.path / "folds.csv").is_file()
     assert not run.finished and run.summary is None and not list(run.path.glob("fold_*"))
-    assert run.info["folds"] == [0, 1]
+    assert run.info.folds == [0, 1]
     run.fit()
-    assert run.finished and [f["fold"] for f in run.summary["folds"]] == [0, 1]
+    assert run.finished and [f.fold for f in run.summary.folds] == [0, 1]
 
 
 @pytest.mark.slow

@@ -62,7 +62,8 @@ def _runs_with_oof(tmp_path, make_probs):
         run_dir = tmp_path / "runs" / f"run{run}"
         run_dir.mkdir(parents=True)
         (run_dir / "config.yaml").write_text(dump_config(config))
-        (run_dir / "run.json").write_text(json.dumps({"folds": [0, 1]}))
+        info = {"run_id": run_dir.name, "experiment": config.experiment, "folds": [0, 1]}
+        (run_dir / "run.json").write_text(json.dumps(info))
         shutil.copyfile(folds_csv, run_dir / "folds.csv")
         for sample, fold in zip(samples, folds):
             oof = run_dir / f"fold_{fold}" / "oof"

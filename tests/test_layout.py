@@ -206,14 +206,9 @@ def test_library_modules_log_and_only_the_cli_prints():
 
 # A run directory's files, which segarena.run_dir names (RunDir and its constants).
 RUN_FILES = ("run.json", "summary.json", "result.json", "config.yaml")
-# Modules outside run_dir/ that name a run file in a literal today; the typed records of
-# run_dir/ will shrink this (the lead empties it), and no other module may join it.
-RUN_FILE_LITERALS_ALLOWED = {
-    "segarena.records.sync",  # "run.json"
-    "segarena.records.tracking",  # "summary.json", "config.yaml" (MLflow artifacts)
-    "segarena.report.runs_table",  # "*/run.json", "*/*/run.json" (finding runs)
-    "segarena.train.fold",  # "result.json"
-}
+# Modules outside run_dir/ allowed to name a run file in a literal: none since the typed
+# records (run_dir/schema.py); a module that needs one asks RunDir instead.
+RUN_FILE_LITERALS_ALLOWED: set[str] = set()
 
 
 def run_file_literals(path: Path) -> list[str]:

@@ -297,8 +297,12 @@ def scored_runs(out: Path, pairs: list[tuple[float, float]]) -> list[Path]:
     for k, (cv, lb) in enumerate(pairs):
         run = out / "tiny" / f"run{k}"
         run.mkdir(parents=True)
-        (run / "run.json").write_text(json.dumps({"run_id": run.name, "experiment": "tiny"}))
-        (run / "summary.json").write_text(json.dumps({"miou": cv}))
+        info = {"run_id": run.name, "experiment": "tiny", "folds": [0], "debug": False}
+        (run / "run.json").write_text(json.dumps(info))
+        fold = {"fold": 0, "miou": cv, "best_epoch": 1, "epochs": 1}
+        summary = {"miou": cv, "miou_mean": cv, "miou_std": 0.0, "per_class_iou": {},
+                   "folds": [fold], "epochs": 1}  # fmt: skip
+        (run / "summary.json").write_text(json.dumps(summary))
         result = run_cli("lb", run, "--public", lb)
         assert result.exit_code == 0, result.output
         runs.append(run)

@@ -40,7 +40,7 @@ def score_checkpoints(
     spec = EnsembleSpec((Path(run_dir),), checkpoint=checkpoint, overrides=overrides, device=device)
     classes, ignore = config.data.num_classes, config.data.ignore_index
     ids, fold_of, cms = [], [], []
-    for k in sorted(run.info()["folds"]):
+    for k in sorted(run.info().folds):
         _, val_idx = fold_indices(folds, k)
         ensemble = Ensemble.from_spec(spec.with_folds([k]))
         labelled = (

@@ -183,8 +183,8 @@ def check_same_run(run_dir: Path, config: Config, folds: list[int], arm: str) ->
     """UserError unless the recorded run trained what the arm resolves to now."""
     run = RunDir(run_dir)
     changed = [c.key for c in config_diff(run.raw_config(), config.model_dump(mode="json"))]
-    if changed or run.info().get("folds") != folds:
-        what = ", ".join(changed) if changed else f"folds {run.info().get('folds')}"
+    if changed or run.info().folds != folds:
+        what = ", ".join(changed) if changed else f"folds {run.info().folds}"
         raise UserError(
             f"arm {arm!r}: its recorded run {run_dir} differs from what the arm resolves "
             f"to now ({what}): the config, --set or --folds changed since the ablation "

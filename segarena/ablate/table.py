@@ -88,9 +88,9 @@ def build_rows(outcome: Outcome, n_boot: int = 2000) -> list[Row]:
 def _speed(runs: list[Path]) -> dict[str, float]:
     """Mean over seeds of the training images/s and the folds' training minutes."""
     return {
-        "images_per_s": float(np.mean([RunDir(r).summary()["train_images_per_s"] for r in runs])),
+        "images_per_s": float(np.mean([RunDir(r).summary().train_images_per_s for r in runs])),
         "minutes": float(
-            np.mean([sum(f["seconds"] for f in RunDir(r).fold_results()) / 60 for r in runs])
+            np.mean([sum(f.seconds for f in RunDir(r).fold_results()) / 60 for r in runs])
         ),
     }
 
@@ -110,7 +110,7 @@ def _train_row(arm: Arm, base: list[RunMatrices], outcome: Outcome, n_boot: int)
     own, shared = schedule(RunDir(runs[0]).config()), schedule(outcome.plan.config(None, None))
     notes = [] if own == shared else [f"own schedule: {own}"]
     if arm.unpaired:
-        miou = float(np.mean([RunDir(r).summary()["miou"] for r in runs]))
+        miou = float(np.mean([RunDir(r).summary().miou for r in runs]))
         notes.append(
             f"unpaired: changes {', '.join(arm.unpaired)}, so its images or folds differ "
             "from the baseline's; no interval (gain = difference of the two mIoUs)"

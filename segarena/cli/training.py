@@ -83,12 +83,12 @@ def _print_summary(run_dir: Path) -> None:
     if not is_rank_zero():  # the other processes of a job (train.devices) stay quiet
         return
     summary = RunDir(run_dir).summary()
-    folds = ", ".join(f"{f['fold']}: {f['miou']:.4f}" for f in summary["folds"])
+    folds = ", ".join(f"{f.fold}: {f.miou:.4f}" for f in summary.folds)
     typer.echo(
-        f"mIoU {summary['miou']:.4f} (folds {folds}; mean {summary['miou_mean']:.4f} "
-        f"± {summary['miou_std']:.4f})"
+        f"mIoU {summary.miou:.4f} (folds {folds}; mean {summary.miou_mean:.4f} "
+        f"± {summary.miou_std:.4f})"
     )
-    if "pseudo_gain" in summary:  # data.pseudo: did the pseudo-labels help?
+    if summary.pseudo:  # data.pseudo: did the pseudo-labels help?
         from segarena.train.pseudo_gain import gain_line
 
         typer.echo(gain_line(summary))

@@ -140,7 +140,7 @@ def score_folds(spec: EnsembleSpec, run: RunDir, config: Config, split: str, wor
     names, the inference options)."""
     samples, folds = run.samples_and_folds(config)
     check_same_folds(spec.run_dirs)
-    fold_ids = sorted(run.info()["folds"]) if spec.folds is None else list(spec.folds)
+    fold_ids = sorted(run.info().folds) if spec.folds is None else list(spec.folds)
     per_fold, matrices, members = [], [], []
     for k in fold_ids:
         train_idx, val_idx = fold_indices(folds, k)

@@ -74,7 +74,7 @@ def audit_items(run_dir: Path, config: Config) -> tuple[list[AuditItem], list[st
     folds = read_folds(RunDir(run_dir).folds_path, samples, config.split)
     items, missing = [], []
     for sample, fold in zip(samples, folds):
-        path = run_dir / f"fold_{fold}" / "oof" / f"{oof_name(sample.id)}.npy"
+        path = RunDir(run_dir).oof_dir(fold) / f"{oof_name(sample.id)}.npy"
         if fold >= 0 and path.is_file():
             items.append(AuditItem(sample, fold, path))
         else:

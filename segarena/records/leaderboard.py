@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from segarena.errors import UserError
-from segarena.run_dir.layout import RUN, RunDir
+from segarena.run_dir.layout import RunDir
 from segarena.util.files import append_jsonl, file_sha256, read_jsonl, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def scored_runs(target: Path) -> tuple[list[Path], dict[str, Any]]:
     """(the run directories a submission or run scores, what identifies it): a run
     directory scores itself; a submission needs the sidecar predict wrote beside it."""
     target = Path(target)
-    if (target / RUN).is_file():
+    if RunDir(target).info_path.is_file():
         path = target.resolve()
         return [path], {"key": f"run:{path}", "submission": None, "sha256": None}
     if not target.exists():
@@ -89,7 +89,7 @@ def scored_runs(target: Path) -> tuple[list[Path], dict[str, Any]]:
             f"{sidecar.name}'s); expected the submission as predict wrote it"
         )
     runs = [Path(p) for p in made.get("run_dirs", [])]
-    missing = [str(p) for p in runs if not (p / RUN).is_file()]
+    missing = [str(p) for p in runs if not RunDir(p).info_path.is_file()]
     if not runs or missing:
         raise UserError(f"lb: {sidecar}: run directories not found: {', '.join(missing)}")
     return runs, {"key": f"sha256:{sha}", "submission": str(target.resolve()), "sha256": sha}
@@ -97,10 +97,10 @@ def scored_runs(target: Path) -> tuple[list[Path], dict[str, Any]]:
 
 def cv_score(runs: list[Path]) -> float | None:
     """The submission's CV: its runs' pooled validation mIoU (summary.json), averaged."""
-    values = [RunDir(r).summary().get("miou") for r in runs]
-    if any(v is None for v in values):
+    summaries = [RunDir(r).summary() for r in runs]
+    if any(s is None for s in summaries):
         return None
-    return sum(values) / len(values)
+    return sum(s.miou for s in summaries) / len(summaries)
 
 
 def record_lb(target: Path, public: float, private: float | None, user: str) -> dict[str, Any]:
@@ -131,7 +131,7 @@ def _record_in_mlflow(run: Path, entry: dict[str, Any]) -> None:
     segarena.lb.<key> (the entry) on the run's MLflow run; a store that cannot be reached
     is a warning, not an error (the ledger holds the score)."""
     info = RunDir(run).info()
-    uri, run_id = (info.get("store") or {}).get("uri"), info.get("mlflow_run_id")
+    uri, run_id = info.store.uri if info.store else None, info.mlflow_run_id
     if run_id is None:
         return
     uri = uri or f"sqlite:///{(run.resolve().parent.parent / 'mlflow.db')}"

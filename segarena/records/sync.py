@@ -26,6 +26,7 @@ from segarena.records.tracking import (
     store_lock,
 )
 from segarena.run_dir.layout import RunDir
+from segarena.run_dir.schema import Store, SyncedFrom
 
 SOURCE_TAG = "segarena.source_run"
 
@@ -98,16 +99,15 @@ def push_run(local: Any, server: Any, run: Any, exp_id: str, uri: str) -> str:
 
 def _point_run_dir(run: Any, uri: str, new_id: str) -> None:
     """Point the run directory's run.json (when it is here) at the server copy."""
-    path = Path(run.data.tags.get("run_dir", ""))
-    if not (path / "run.json").is_file():
+    run_dir = RunDir(run.data.tags.get("run_dir", ""))
+    if not run_dir.info_path.is_file():
         return
-    run_dir = RunDir(path)
     info = run_dir.info()
-    if info.get("mlflow_run_id") != run.info.run_id:
+    if info.mlflow_run_id != run.info.run_id:
         return
-    source = {"uri": (info.get("store") or {}).get("uri"), "run_id": run.info.run_id}
-    info["store"] = {"uri": uri, "pending_sync": None, "synced_from": source}
-    info["mlflow_run_id"] = new_id
+    source = SyncedFrom(uri=info.store.uri if info.store else None, run_id=run.info.run_id)
+    info.store = Store(uri=uri, pending_sync=None, synced_from=source)
+    info.mlflow_run_id = new_id
     run_dir.write_info(info)
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from segarena.config import Config
+from segarena.run_dir.layout import RunDir
+from segarena.run_dir.schema import RunInfo, Store
 
 T = TypeVar("T")
 
@@ -189,7 +191,7 @@ class Tracker:
         out: Path,
         run_dir: Path,
         run_id: str | None,
-        store: dict[str, Any] | None = None,
+        store: Store | None = None,
     ):
         """`store` is run.json's record of where the run's MLflow run lives (its "uri"),
         chosen when the run started (segarena.records.team); without it, `store_uri`."""
@@ -197,7 +199,7 @@ class Tracker:
         self.run_id = run_id
         if not self.enabled:
             return
-        uri = (store or {}).get("uri") or store_uri(config, out)
+        uri = (store.uri if store else None) or store_uri(config, out)
         with store_lock(out):  # two runs starting at once must not both build the store
             self.client = open_client(uri)
             if self.run_id is None:
@@ -205,20 +207,15 @@ class Tracker:
         self.run_dir = Path(run_dir)
 
     @classmethod
-    def of_run(cls, config: Config, run_dir: Path, run_info: dict[str, Any]) -> Tracker:
+    def of_run(cls, config: Config, run_dir: Path, run_info: RunInfo) -> Tracker:
         """The tracker of run directory OUT/<experiment>/<run> (run.json's `run_info`): its
         MLflow run, in the store its run.json names."""
         out = Path(run_dir).parent.parent
-        return cls(config, out, run_dir, run_info.get("mlflow_run_id"), run_info.get("store"))
+        return cls(config, out, run_dir, run_info.mlflow_run_id, run_info.store)
 
     def _environment_tags(self) -> None:
         """The git SHA and user of env.json as MLflow tags (the UI shows them)."""
-        import json
-
-        env_path = self.run_dir / "env.json"
-        if not env_path.is_file():
-            return
-        env = json.loads(env_path.read_text())
+        env = RunDir(self.run_dir).env()  # {} when missing
         git = env.get("git_workdir") or env.get("git_segarena") or {}
         if git.get("sha"):
             retry_locked(self.client.set_tag, self.run_id, "mlflow.source.git.commit", git["sha"])
@@ -246,8 +243,9 @@ class Tracker:
             return
         self._environment_tags()
         # the summary, the resolved config and the environment go with the run's record
-        for name in ("summary.json", "config.yaml", "env.json"):
-            path = self.run_dir / name
-            if (summary_path is not None or name != "summary.json") and path.is_file():
+        run = RunDir(self.run_dir)
+        summary = [] if summary_path is None else [summary_path]
+        for path in [*summary, run.config_path, run.env_path]:
+            if path.is_file():
                 retry_locked(self.client.log_artifact, self.run_id, str(path))
         retry_locked(self.client.set_terminated, self.run_id, status=status)

@@ -46,10 +46,10 @@ def learning_curves(run_dir: Path) -> str:
             continue
         label = fold_dir.name
         found = found or bool(history)
-        epochs = [r["epoch"] for r in history]
-        axes[0].plot(epochs, [r["train_loss"] for r in history], label=label)
-        axes[1].plot(epochs, [r["lr"] for r in history], label=label)
-        val = [(r["epoch"], r["val_miou"]) for r in history if r.get("val_miou") is not None]
+        epochs = [r.epoch for r in history]
+        axes[0].plot(epochs, [r.train_loss for r in history], label=label)
+        axes[1].plot(epochs, [r.lr for r in history], label=label)
+        val = [(r.epoch, r.val_miou) for r in history if r.validated]
         if val:
             axes[2].plot(*zip(*val), marker="o", label=label)
     if not found:
@@ -161,7 +161,7 @@ def examples_section(run_dir: Path, config, count: int) -> str:
 
 def pooled_confusion(run_dir: Path) -> np.ndarray | None:
     """The sum of the folds' best-checkpoint confusion matrices (fold_k/result.json)."""
-    found = [result["confusion"] for result in RunDir(run_dir).fold_results()]
+    found = [result.confusion for result in RunDir(run_dir).fold_results()]
     return np.sum(np.array(found, dtype=np.int64), axis=0) if found else None
 
 
@@ -206,7 +206,7 @@ def write_report(run_dir: Path, html_path: Path | None = None, examples: int = 3
     path = Path(html_path) if html_path is not None else run_dir / "report.html"
     if not path.parent.is_dir():
         raise UserError(f"--html {path}: folder {path.parent} does not exist")
-    if not RunDir(run_dir).check().summary_path.is_file():
+    if RunDir(run_dir).check().summary() is None:
         raise UserError(
             f"{run_dir}: not a finished run (no summary.json): it is still training or it "
             f"stopped; finish it with `segarena train --resume {run_dir}`"

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from segarena.errors import UserError
 from segarena.records.leaderboard import run_scores
-from segarena.run_dir.layout import RunDir
+from segarena.run_dir.layout import RUN, RunDir
 
 # (CSV column, table header); the CSV holds raw values, the table formatted ones
 COLUMNS = [
@@ -55,16 +55,16 @@ def find_runs(out: Path) -> list[Path]:
             f"runs: folder {out} does not exist; expected the runs folder (records.out, "
             "default 'runs') that `segarena train` writes to"
         )
-    found = {p.parent for p in [*out.glob("*/*/run.json"), *out.glob("*/run.json")]}
+    found = {p.parent for p in [*out.glob(f"*/*/{RUN}"), *out.glob(f"*/{RUN}")]}
     return sorted(found)
 
 
-def _date(run_dir: Path, env: dict[str, Any]) -> str:
+def _date(run: RunDir, env: dict[str, Any]) -> str:
     """When the run started (env.json), else when run.json was last written."""
     try:
         started = datetime.strptime(env["started"], "%Y-%m-%dT%H:%M:%S%z")
     except (KeyError, TypeError, ValueError):
-        started = datetime.fromtimestamp((run_dir / "run.json").stat().st_mtime)
+        started = datetime.fromtimestamp(run.info_path.stat().st_mtime)
     return started.strftime("%Y-%m-%d %H:%M")
 
 
@@ -85,24 +85,23 @@ def run_row(run_dir: Path, lb: dict[str, Any] | None = None) -> dict[str, Any]:
     info, env, summary = run.info(), run.env(), run.summary()
     model, data, split = config.get("model", {}), config.get("data", {}), config.get("split", {})
     size = data.get("image_size")
-    folds = info.get("folds", [])
     n_folds = 1 if split.get("method") in ("holdout", "predefined") else split.get("n_folds")
-    seconds = sum(record.get("seconds", 0.0) for record in run.history())
+    seconds = sum(record.seconds for record in run.history())
     return {
-        "experiment": info.get("experiment", config.get("experiment", run_dir.parent.name)),
-        "run_id": info.get("run_id", run_dir.name),
-        "date": _date(run_dir, env),
-        "status": ("finished" if summary else "unfinished") + (" debug" * bool(info.get("debug"))),
+        "experiment": info.experiment,
+        "run_id": info.run_id,
+        "date": _date(run, env),
+        "status": ("finished" if summary else "unfinished") + (" debug" * info.debug),
         "arch": model.get("arch"),
         "encoder": model.get("encoder"),
         "image_size": "native" if size is None else "x".join(str(v) for v in size),
         "loss": _loss(config),
         "lr": config.get("optimizer", {}).get("lr"),
         "epochs": _epochs(config.get("train", {})),
-        "folds": " ".join(str(k) for k in folds) + (f" of {n_folds}" if n_folds else ""),
-        "cv_miou": summary.get("miou_mean"),
-        "cv_miou_std": summary.get("miou_std"),
-        "oof_miou": summary.get("miou"),
+        "folds": " ".join(str(k) for k in info.folds) + (f" of {n_folds}" if n_folds else ""),
+        "cv_miou": summary.miou_mean if summary else None,
+        "cv_miou_std": summary.miou_std if summary else None,
+        "oof_miou": summary.miou if summary else None,
         "lb_public": lb.get("public"),
         "lb_private": lb.get("private"),
         "lb_shared": lb.get("shared"),

@@ -89,9 +89,10 @@ class RunMatrices:
 def stored_matrices(run_dir: Path) -> RunMatrices | None:
     """The matrices training saved, or None when a fold with OOF files lacks them."""
     ids, folds, cms = [], [], []
-    for k, fold_dir in RunDir(run_dir).fold_dirs():
+    run = RunDir(run_dir)
+    for k, fold_dir in run.fold_dirs():
         if not (fold_dir / PER_IMAGE_CM).is_file() or not (fold_dir / PER_IMAGE_IDS).is_file():
-            if (fold_dir / "oof").is_dir():
+            if run.oof_dir(k).is_dir():
                 return None
             continue
         fold_ids = json.loads((fold_dir / PER_IMAGE_IDS).read_text())
@@ -112,8 +113,9 @@ def stored_matrices(run_dir: Path) -> RunMatrices | None:
 def oof_paths(run_dir: Path) -> dict[str, tuple[int, Path]]:
     """OOF file name -> (fold, path) for every fold_k/oof/*.npy of a run."""
     found = {}
-    for k, fold_dir in RunDir(run_dir).fold_dirs():
-        for path in sorted((fold_dir / "oof").glob("*.npy")):
+    run = RunDir(run_dir)
+    for k, _ in run.fold_dirs():
+        for path in sorted(run.oof_dir(k).glob("*.npy")):
             found[path.stem] = (k, path)
     return found
 

@@ -239,11 +239,11 @@ class Averaging:
             )
             return result
         matrix = val_matrix(module)
-        result.update(swa_miou=scores(matrix)["miou"], swa_confusion=matrix.tolist())
+        swa_miou = scores(matrix)["miou"]
         if fabric.is_global_zero:
-            checkpoint = {"model": module.state_dict(), "epoch": epoch, "miou": result["swa_miou"]}
+            checkpoint = {"model": module.state_dict(), "epoch": epoch, "miou": swa_miou}
             save_atomic(checkpoint, self.path("swa"))
-        return result
+        return {"swa_miou": swa_miou, "swa_confusion": matrix.tolist()}
 
     def path(self, kind: str) -> Path:
         return self.fold_dir / f"{kind}.ckpt"

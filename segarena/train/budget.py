@@ -10,12 +10,10 @@ is saved (plan.json) so that a resumed fold keeps its schedule.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 from lightning_fabric import Fabric
@@ -23,37 +21,17 @@ from lightning_fabric import Fabric
 from segarena.config import Config, TrainConfig
 from segarena.errors import UserError
 from segarena.model.build import unwrap
+from segarena.run_dir.layout import RunDir
+from segarena.run_dir.schema import Budget, EpochRecord, FoldResult, Plan
 from segarena.train.distributed import say
 from segarena.train.loop import StepSettings, train_one_epoch, validate
 from segarena.train.parts import FoldParts, fold_scheduler
-from segarena.train.state import EpochRecord, LoopState
-from segarena.util.files import write_json_atomic
+from segarena.train.state import LoopState
 
 PROBE_TRAIN_STEPS = 8  # timed training steps; the first WARM_STEPS are not counted
 WARM_STEPS = 2  # worker start, first decodes, allocator and oneDNN warm-up
 PROBE_VAL_BATCHES = 3  # the first one (worker start-up) is timed on its own
 TOLERANCE = 0.10  # the share of the budget a run may miss by before it says so
-
-
-@dataclass
-class Plan:
-    """A fold's measured speed and the epochs chosen for its share of the budget."""
-
-    budget_s: float  # the fold's share, from the start of the fold
-    epochs: int
-    planned_s: float  # predicted fold time with `epochs`, probe included
-    probe_s: float  # time the probe itself took
-    train_epoch_s: float
-    val_s: float  # one validation pass
-    train_images_per_s: float
-    replanned: bool = False  # epochs corrected from the first epoch's own time
-
-    def save(self, path: Path) -> None:
-        write_json_atomic(path, asdict(self))
-
-    @classmethod
-    def load(cls, path: Path) -> Plan | None:
-        return cls(**json.loads(path.read_text())) if path.is_file() else None
 
 
 class BudgetTooSmall(UserError):
@@ -166,7 +144,10 @@ def plan_fold(
         )
     epochs, planned = choose_epochs(available, train_epoch_s, val_s, finish_s, train.val_every)
     images_per_s = parts.loader.batch_size * fabric.world_size / per_step if per_step else 0.0
-    plan = Plan(budget_s, epochs, planned + probe_s, probe_s, train_epoch_s, val_s, images_per_s)
+    plan = Plan(
+        budget_s=budget_s, epochs=epochs, planned_s=planned + probe_s, probe_s=probe_s,
+        train_epoch_s=train_epoch_s, val_s=val_s, train_images_per_s=images_per_s,
+    )  # fmt: skip
     say(
         fabric,
         f"fold {fold}: budget {budget_s / 60:.1f} min; measured {images_per_s:.1f} img/s, "
@@ -195,10 +176,9 @@ def replan(
         done=1,
         least=least,
     )
-    return Plan(
-        plan.budget_s, epochs, fold_elapsed_s + left_s, plan.probe_s, epoch_s, plan.val_s,
-        plan.train_images_per_s, replanned=True,
-    )  # fmt: skip
+    return plan.updated(
+        epochs=epochs, planned_s=fold_elapsed_s + left_s, train_epoch_s=epoch_s, replanned=True
+    )
 
 
 def plan_budget(
@@ -245,7 +225,7 @@ def plan_budget(
 
 def replan_budget(
     config: Config, fabric: Fabric, parts: FoldParts, plan: Plan, state: LoopState, *,
-    record: EpochRecord, fold_dir: Path,
+    record: EpochRecord, run_dir: RunDir, fold: int,
 ) -> Plan:  # fmt: skip
     """train.budget_min after epoch 1: correct the epochs from its measured time, rebuild
     the lr schedule over them at the current update, and save the new plan."""
@@ -259,34 +239,34 @@ def replan_budget(
     learner.scheduler = fold_scheduler(config, learner.optimizer, len(parts.loader), plan.epochs)
     learner.scheduler.step_update(state.num_updates)
     if fabric.is_global_zero:
-        plan.save(fold_dir / "plan.json")
-    say(fabric, f"fold {fold_dir.name.removeprefix('fold_')}: epoch 1 took {epoch_s:.0f} s -> "
+        run_dir.write_plan(fold, plan)
+    say(fabric, f"fold {fold}: epoch 1 took {epoch_s:.0f} s -> "
                 f"{plan.epochs} epochs (planned {plan.planned_s / 60:.1f} min)")  # fmt: skip
     return plan
 
 
-def budget_summary(minutes: float, results: list[dict[str, Any]], overhead_s: float) -> dict:
+def budget_summary(minutes: float, results: list[FoldResult], overhead_s: float) -> Budget:
     """summary.json's `budget`: planned and used seconds, and whether it was kept."""
-    used = sum(r["seconds"] for r in results) + overhead_s
-    planned = sum(r["plan"]["planned_s"] for r in results if r.get("plan")) + overhead_s
+    used = sum(r.seconds for r in results) + overhead_s
+    planned = sum(r.plan.planned_s for r in results if r.plan is not None) + overhead_s
     budget_s = minutes * 60
-    return {
-        "minutes": minutes,
-        "planned_s": planned,
-        "used_s": used,
-        "used_share": used / budget_s,
-        "within_tolerance": abs(used / budget_s - 1) <= TOLERANCE,
-        "epochs": [r["epochs"] for r in results],
-    }
+    return Budget(
+        minutes=minutes,
+        planned_s=planned,
+        used_s=used,
+        used_share=used / budget_s,
+        within_tolerance=abs(used / budget_s - 1) <= TOLERANCE,
+        epochs=[r.epochs for r in results],
+    )
 
 
-def budget_line(budget: dict) -> str:
+def budget_line(budget: Budget) -> str:
     """One line for the terminal; says why when the run missed its budget by over 10%."""
     line = (
-        f"budget {budget['minutes']:g} min: planned {budget['planned_s'] / 60:.1f} min, used "
-        f"{budget['used_s'] / 60:.1f} min ({budget['used_share']:.0%})"
+        f"budget {budget.minutes:g} min: planned {budget.planned_s / 60:.1f} min, used "
+        f"{budget.used_s / 60:.1f} min ({budget.used_share:.0%})"
     )
-    if not budget["within_tolerance"]:
+    if not budget.within_tolerance:
         line += (
             "; outside +-10%: the epochs ran at another speed than the first steps measured "
             "(other load on the machine, or data that decodes slower later on)"

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from segarena.config import Config, config_from_dict
 from segarena.errors import TrainingError
+from segarena.run_dir.schema import FoldResult
 
 
 def debug_config(config: Config) -> Config:
@@ -21,12 +20,12 @@ def debug_config(config: Config) -> Config:
 DEBUG_MIN_RELATIVE_FALL = 0.01
 
 
-def check_loss_fell(results: list[dict[str, Any]]) -> None:
+def check_loss_fell(results: list[FoldResult]) -> None:
     """--debug contract: the training loss must fall (by >= 1%) from the first to the last epoch."""
     for r in results:
-        losses = r["train_loss"]
+        losses = r.train_loss
         if len(losses) >= 2 and not losses[-1] <= losses[0] * (1 - DEBUG_MIN_RELATIVE_FALL):
             raise TrainingError(
-                f"debug check failed: fold {r['fold']} training loss did not fall "
+                f"debug check failed: fold {r.fold} training loss did not fall "
                 f"({losses[0]:.4f} -> {losses[-1]:.4f}); check labels, lr and augmentations"
             )

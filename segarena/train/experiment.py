@@ -9,7 +9,6 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from lightning_fabric import Fabric
 
@@ -25,6 +24,7 @@ from segarena.records.team import check_store
 from segarena.records.tracking import Tracker, environment
 from segarena.run_dir.checkpoints import first_checkpoints_bytes
 from segarena.run_dir.layout import CONFIG, FOLDS, RUN, RunDir
+from segarena.run_dir.schema import FoldResult, RunInfo
 from segarena.train.debug import debug_config
 from segarena.train.distributed import say
 from segarena.train.fold import TrainHooks, fit_fold
@@ -69,7 +69,7 @@ def fold_data(
 
 def start_run(
     config: Config, out: Path, folds_to_train: list[int], debug: bool, samples: list[Sample]
-) -> tuple[RunDir, dict[str, Any], list[int]]:
+) -> tuple[RunDir, RunInfo, list[int]]:
     """Create the run directory with its resolved config, folds.csv and run.json."""
     pseudo = pseudo_records(config.data, samples)  # checked before the run directory exists
     experiment_dir = out / config.experiment
@@ -79,14 +79,14 @@ def start_run(
     run_dir = RunDir.create(out, config.experiment, debug)
     run_dir.write_config(config)
     shutil.copyfile(experiment_dir / "folds.csv", run_dir.folds_path)
-    run_info = {
-        "run_id": run_dir.name,
-        "experiment": config.experiment,
-        "folds": folds_to_train,
-        "debug": debug,
-        "mlflow_run_id": None,
-        "pseudo": pseudo,
-    }
+    run_info = RunInfo(
+        run_id=run_dir.name,
+        experiment=config.experiment,
+        folds=folds_to_train,
+        debug=debug,
+        mlflow_run_id=None,
+        pseudo=pseudo,
+    )
     run_dir.write_info(run_info)
     return run_dir, run_info, folds
 
@@ -97,7 +97,7 @@ class Session:
 
     config: Config
     run_dir: RunDir
-    run_info: dict[str, Any]
+    run_info: RunInfo
     samples: list[Sample]
     folds: list[int]
     debug: bool
@@ -119,7 +119,7 @@ def record_failure(session: Session, tracker: Tracker, exc: BaseException) -> No
     with contextlib.suppress(Exception):
         tracker.finish(None, status=status.upper())
     with contextlib.suppress(Exception):
-        session.run_dir.write_info({**session.run_info, "status": status, "reason": reason})
+        session.run_dir.write_info(session.run_info.updated(status=status, reason=reason))
 
 
 def new_session(
@@ -136,17 +136,17 @@ def new_session(
     check_free_space(out, first_checkpoints_bytes(model), f"--out {out}")
     claim = check_store(config, out, samples, folds_to_train, debug, force)
     run_dir, run_info, folds = start_run(config, out, folds_to_train, debug, samples)
-    run_info.update(claim.take(run_dir.path))  # two identical runs started at once: one goes on
+    # two identical runs started at once: one goes on
+    run_info = run_info.updated(**claim.take(run_dir.path))
     return Session(config, run_dir, run_info, samples, folds, debug, resumed=False)
 
 
 def resume_session(path: Path) -> Session:
     """Reload a killed run's own config, run.json, samples and folds.csv."""
     run_dir = RunDir(path).check((RUN, CONFIG, FOLDS))
-    config, run_info = run_dir.config(), run_dir.info()
-    run_info = {k: v for k, v in run_info.items() if k not in ("status", "reason")}
+    config, run_info = run_dir.config(), run_dir.info().resumed()
     samples, folds = run_dir.samples_and_folds(config)
-    return Session(config, run_dir, run_info, samples, folds, run_info["debug"], resumed=True)
+    return Session(config, run_dir, run_info, samples, folds, run_info.debug, resumed=True)
 
 
 def record_start(session: Session, fabric: Fabric) -> Tracker:
@@ -155,9 +155,9 @@ def record_start(session: Session, fabric: Fabric) -> Tracker:
     weights = weights_record(config.model)
     env = environment(str(fabric.device), config.train.seed)
     run_dir.write_env({**env, "weights": weights, "processes": fabric.world_size})
-    run_info["weights"] = weights
+    run_info.weights = weights
     tracker = Tracker.of_run(config, run_dir.path, run_info)  # in the store run.json names
-    run_info["mlflow_run_id"] = tracker.run_id
+    run_info.mlflow_run_id = tracker.run_id
     run_dir.write_info(run_info)
     return tracker
 
@@ -170,7 +170,7 @@ def train_folds(
     results: list,
 ) -> None:
     """Train (or skip, when finished) each fold of the run, appending its result."""
-    config, folds_to_train = session.config, session.run_info["folds"]
+    config, folds_to_train = session.config, session.run_info.folds
     pseudo = run_pseudo_samples(config, session.samples, session.debug)
     for k in folds_to_train:
         data = fold_data(
@@ -180,21 +180,20 @@ def train_folds(
         say(fabric, f"fold {k}: {len(data.train)} train{extra} / {len(data.val)} val images")
         share = fold_budget_s(config, results, len(folds_to_train), session.outside_folds)
         fold_start = time.perf_counter()
-        fold_dir = session.run_dir.fold_dir(k)
         result = fit_fold(
-            config, fabric, data, fold_dir, k, tracker=tracker, budget_s=share, hooks=hooks
+            config, fabric, data, session.run_dir, k, tracker=tracker, budget_s=share, hooks=hooks
         )
         results.append(result)
         session.in_folds += time.perf_counter() - fold_start
 
 
 def fold_budget_s(
-    config: Config, results: list[dict], folds: int, outside_folds: float
+    config: Config, results: list[FoldResult], folds: int, outside_folds: float
 ) -> float | None:
     """train.budget_min: the next fold's seconds, an equal share of what is left. Spent are
     the finished folds' own seconds (over every session, for a resumed run) and this
     session's time outside the folds (start-up)."""
     if config.train.budget_min is None:
         return None
-    spent = outside_folds + sum(r["seconds"] for r in results)
+    spent = outside_folds + sum(r.seconds for r in results)
     return (config.train.budget_min * 60 - spent) / (folds - len(results))

@@ -5,12 +5,9 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -21,8 +18,10 @@ from segarena.metrics import scores
 from segarena.model.build import unwrap
 from segarena.records.tracking import Tracker
 from segarena.run_dir.checkpoints import load_checkpoint, save_atomic
+from segarena.run_dir.layout import RunDir
+from segarena.run_dir.schema import EpochRecord, FoldResult
 from segarena.train.averaging import bn_images
-from segarena.train.budget import Plan, plan_budget, replan_budget
+from segarena.train.budget import plan_budget, replan_budget
 from segarena.train.distributed import (
     check_same_weights,
     from_rank_zero,
@@ -35,8 +34,7 @@ from segarena.train.loop import Learner, StepSettings, train_one_epoch, validate
 from segarena.train.oof import OofCollector
 from segarena.train.parts import FoldData, build_parts, reseed
 from segarena.train.progress import EpochProgress
-from segarena.train.state import EpochRecord, LoopState
-from segarena.util.files import append_jsonl, read_jsonl, write_json_atomic, write_text_atomic
+from segarena.train.state import LoopState
 
 # train.budget_min builds the fold before its epochs are known; the schedule is rebuilt
 PROVISIONAL_EPOCHS = 1000
@@ -57,26 +55,27 @@ class TrainHooks:
 
 
 class FoldTrainer:
-    """Trains fold `fold` into `fold_dir`, resuming from its last.ckpt if present.
+    """Trains fold `fold` of `run_dir` (into fold_<k>/), resuming from its last.ckpt if
+    present.
 
     With several processes (segarena.train.distributed) rank 0 alone reads and writes
-    fold_dir (and `tracker`, None elsewhere); the others receive what it reads."""
+    the fold's files (and `tracker`, None elsewhere); the others receive what it reads."""
 
     def __init__(
-        self, config: Config, fabric: Fabric, data: FoldData, fold_dir: Path, fold: int, *,
+        self, config: Config, fabric: Fabric, data: FoldData, run_dir: RunDir, fold: int, *,
         tracker: Tracker | None, budget_s: float | None = None, hooks: TrainHooks | None = None,
     ) -> None:  # fmt: skip
         self.config, self.fabric, self.data = config, fabric, data
-        self.fold_dir, self.fold, self.tracker = fold_dir, fold, tracker
+        self.run_dir, self.fold, self.tracker = run_dir, fold, tracker
+        self.fold_dir = run_dir.fold_dir(fold)
         self.budget_s, self.hooks = budget_s, hooks or TrainHooks()
         self.settings = StepSettings.of(config.train)
         self.progress = EpochProgress(enabled=fabric.is_global_zero)
         self.started = time.perf_counter()
 
-    def fit(self) -> dict[str, Any]:
-        """Train the fold; returns its result (also written to fold_dir/result.json)."""
-        result_path = self.fold_dir / "result.json"
-        done = from_rank_zero(self.fabric, lambda: _read_json(result_path))
+    def fit(self) -> FoldResult:
+        """Train the fold; returns its result (also written to fold_<k>/result.json)."""
+        done = from_rank_zero(self.fabric, lambda: self.run_dir.fold_result(self.fold))
         if done is not None:  # finished before a resume: nothing left to do
             return done
         if self.fabric.is_global_zero:
@@ -92,12 +91,12 @@ class FoldTrainer:
                 break
         result = self.finish()
         if self.fabric.is_global_zero:
-            write_json_atomic(result_path, result)
+            self.run_dir.write_fold_result(self.fold, result)
         return result
 
     def set_up(self) -> None:
         """Build the parts; with train.budget_min, plan the epochs (plan.json, kept on resume)."""
-        self.plan = from_rank_zero(self.fabric, lambda: Plan.load(self.fold_dir / "plan.json"))
+        self.plan = from_rank_zero(self.fabric, lambda: self.run_dir.plan(self.fold))
         epochs = self.plan.epochs if self.plan is not None else self.config.train.epochs
         self.parts = build_parts(
             self.config, self.fabric, self.data, self.fold_dir, epochs or PROVISIONAL_EPOCHS
@@ -110,7 +109,7 @@ class FoldTrainer:
             self.plan = plan_budget(self.config, self.fabric, self.parts, budget_s, self.fold)
             epochs = self.plan.epochs
             if self.fabric.is_global_zero:
-                self.plan.save(self.fold_dir / "plan.json")
+                self.run_dir.write_plan(self.fold, self.plan)
         self.epochs = epochs
 
     def _on_update(self) -> None:
@@ -121,7 +120,7 @@ class FoldTrainer:
         """The loop state from last.ckpt when a killed run left one; epochs logged after
         it (killed in between) are dropped from metrics.jsonl and trained again."""
         self.state = LoopState()
-        last, metrics = self.fold_dir / "last.ckpt", self.fold_dir / "metrics.jsonl"
+        last = self.run_dir.checkpoint_path(self.fold, "last")
         parts = self.parts
         ckpt = from_rank_zero(self.fabric, lambda: last.is_file() and load_checkpoint(last))
         if ckpt:
@@ -135,8 +134,7 @@ class FoldTrainer:
         parts.skipped.extend([p for p in self.state.skipped if p not in parts.skipped])
         self.state.skipped = parts.skipped
         if self.fabric.is_global_zero:
-            kept = [r for r in read_jsonl(metrics) if r["epoch"] <= self.state.epoch]
-            write_text_atomic(metrics, "".join(json.dumps(r) + "\n" for r in kept))
+            self.run_dir.keep_metrics(self.fold, through_epoch=self.state.epoch)
             parts.averaging.top_k.prune(self.state.top)  # epochs to train again left files
         self.seconds_before = self.state.seconds
 
@@ -180,7 +178,7 @@ class FoldTrainer:
         checkpoint = {"model": scored.state_dict(), "epoch": record.epoch, "miou": val["miou"]}
         is_zero = self.fabric.is_global_zero
         if self.state.scored(record.epoch, val["miou"]) and is_zero:
-            save_atomic(checkpoint, self.fold_dir / "best.ckpt")
+            save_atomic(checkpoint, self.run_dir.checkpoint_path(self.fold, "best"))
         self.parts.averaging.top_k.offer(self.state.top, checkpoint, write=is_zero)
 
     def val_matrix(self, model: torch.nn.Module, on_probs=None) -> torch.Tensor:
@@ -199,11 +197,11 @@ class FoldTrainer:
         self.schedule.step_epoch(record.epoch, record.val_miou)
         self.state.epoch = record.epoch
         self.state.seconds = self.seconds_before + time.perf_counter() - self.started
-        self.progress.summary(self.fold, record.to_json(), self.state.best_miou, self.early_stop())
+        self.progress.summary(self.fold, record, self.state.best_miou, self.early_stop())
         if self.plan is not None and not self.plan.replanned:  # before last.ckpt saves it
             self.plan = replan_budget(
                 self.config, self.fabric, self.parts, self.plan, self.state,
-                record=record, fold_dir=self.fold_dir,
+                record=record, run_dir=self.run_dir, fold=self.fold,
             )  # fmt: skip
             self.epochs = self.plan.epochs
         if self.hooks.on_epoch_end is not None:
@@ -217,7 +215,7 @@ class FoldTrainer:
         self.fabric.barrier()
 
     def save(self, record: EpochRecord) -> None:
-        append_jsonl(self.fold_dir / "metrics.jsonl", record.to_json())
+        self.run_dir.append_metrics(self.fold, record)
         metrics = {f"fold{self.fold}/{k}": v for k, v in record.to_json().items() if k != "epoch"}
         self.tracker.log_metrics(metrics, record.epoch)
         learner = self.parts.learner
@@ -228,59 +226,56 @@ class FoldTrainer:
             "state": self.state.to_checkpoint(),
             **self.parts.averaging.state_dict(),
         }
-        save_atomic(checkpoint, self.fold_dir / "last.ckpt")
+        save_atomic(checkpoint, self.run_dir.checkpoint_path(self.fold, "last"))
         self.parts.averaging.top_k.prune(self.state.top)  # only once last.ckpt no longer lists them
 
     def early_stop(self) -> bool:
         patience = self.config.train.early_stopping
         return patience is not None and self.state.epochs_without_gain >= patience
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self) -> FoldResult:
         """Write ema.ckpt / swa.ckpt, then score the best weights once more, writing OOF
         probabilities and the per-image matrices; returns the fold result."""
         config, fabric, parts = self.config, self.fabric, self.parts
-        history = from_rank_zero(fabric, lambda: read_jsonl(self.fold_dir / "metrics.jsonl"))
+        history = from_rank_zero(fabric, lambda: self.run_dir.history(self.fold))
         reseed(parts, config.train.seed + self.epochs)  # SWA's BN update draws batches
         images = bn_images(parts.loader, parts.learner.norm, config.train.channels_last)
         averaged = parts.averaging.finish(
-            fabric, images, self.val_matrix, history[-1]["epoch"], history[-1].get("val_miou")
+            fabric, images, self.val_matrix, history[-1].epoch, history[-1].val_miou
         )
         weights = {"model": unwrap(parts.learner.model).state_dict()}
         check_same_weights(fabric, {**weights, **parts.averaging.state_dict()}, "the weights")
-        best = from_rank_zero(fabric, lambda: load_checkpoint(self.fold_dir / "best.ckpt"))
+        best_path = self.run_dir.checkpoint_path(self.fold, "best")
+        best = from_rank_zero(fabric, lambda: load_checkpoint(best_path))
         unwrap(parts.learner.model).load_state_dict(best["model"])
         # per-image confusion matrices let `segarena compare` resample images exactly
-        oof = OofCollector(fabric, self.fold_dir, self.data.val, config)
+        oof = OofCollector(fabric, self.run_dir, self.fold, self.data.val, config)
         matrix = self.val_matrix(parts.learner.model, on_probs=oof)
         final = scores(matrix)
         oof.save()  # before result.json: a finished fold always has it
-        return {
-            "fold": self.fold,
-            "best_epoch": best["epoch"],
-            "epochs": len(history),
-            "miou": final["miou"],
-            "scores": final,
-            "confusion": matrix.tolist(),
-            "train_images_per_s": float(np.mean([r["images_per_s"] for r in history])),
-            "data_wait_share": float(np.mean([r["data_wait_share"] for r in history])),
-            "train_loss": [r["train_loss"] for r in history],
+        return FoldResult(
+            fold=self.fold,
+            best_epoch=best["epoch"],
+            epochs=len(history),
+            miou=final["miou"],
+            scores=final,
+            confusion=matrix.tolist(),
+            train_images_per_s=float(np.mean([r.images_per_s for r in history])),
+            data_wait_share=float(np.mean([r.data_wait_share for r in history])),
+            train_loss=[r.train_loss for r in history],
             **averaged,  # swa_miou, swa_confusion with train.swa
-            "seconds": self.seconds_before + time.perf_counter() - self.started,
-            "plan": None if self.plan is None else asdict(self.plan),
-            "skipped_images": list(self.state.skipped),  # data.on_bad_image: skip
-        }
+            seconds=self.seconds_before + time.perf_counter() - self.started,
+            plan=self.plan,
+            skipped_images=list(self.state.skipped),  # data.on_bad_image: skip
+        )
 
 
 def fit_fold(
-    config: Config, fabric: Fabric, data: FoldData, fold_dir: Path, fold: int, *,
+    config: Config, fabric: Fabric, data: FoldData, run_dir: RunDir, fold: int, *,
     tracker: Tracker, budget_s: float | None = None, hooks: TrainHooks | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    """Train fold `fold` into `fold_dir` (see FoldTrainer); returns its result."""
+) -> FoldResult:  # fmt: skip
+    """Train fold `fold` of `run_dir` (see FoldTrainer); returns its result."""
     trainer = FoldTrainer(
-        config, fabric, data, fold_dir, fold, tracker=tracker, budget_s=budget_s, hooks=hooks
+        config, fabric, data, run_dir, fold, tracker=tracker, budget_s=budget_s, hooks=hooks
     )
     return trainer.fit()
-
-
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None

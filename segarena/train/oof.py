@@ -10,8 +10,6 @@ in memory at once.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,6 +17,7 @@ from lightning_fabric import Fabric
 
 from segarena.config import Config
 from segarena.data.readers import Sample
+from segarena.run_dir.layout import RunDir
 from segarena.run_dir.per_image import PerImageRecorder, oof_name
 from segarena.train.distributed import gather_on_zero
 from segarena.util.files import atomic_output
@@ -39,10 +38,12 @@ def compact_probs(probs: torch.Tensor, config: Config) -> np.ndarray:
 class OofCollector:
     """validate()'s `on_probs` for the final scoring; `save` writes the fold's files."""
 
-    def __init__(self, fabric: Fabric, fold_dir: Path, samples: list[Sample], config: Config):
+    def __init__(
+        self, fabric: Fabric, run_dir: RunDir, fold: int, samples: list[Sample], config: Config
+    ):
         self.fabric, self.samples, self.config = fabric, samples, config
-        self.out = fold_dir / "oof"
-        self.fold_dir = fold_dir
+        self.out = run_dir.oof_dir(fold)
+        self.fold_dir = run_dir.fold_dir(fold)
         data = config.data
         self.per_image = PerImageRecorder(samples, data.num_classes, data.ignore_index)
         self.record = self.per_image.wrap(self._keep)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from segarena.run_dir.schema import EpochRecord
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +57,13 @@ class EpochProgress:
 
             yield on_step
 
-    def summary(self, fold: int, record: dict[str, Any], best: float, stopping: bool) -> None:
+    def summary(self, fold: int, record: EpochRecord, best: float, stopping: bool) -> None:
         if not self.enabled:
             return
-        val = (
-            f" val mIoU {record['val_miou']:.4f} (best {best:.4f})" if "val_miou" in record else ""
-        )
+        val = f" val mIoU {record.val_miou:.4f} (best {best:.4f})" if record.validated else ""
         stop = "  early stop" if stopping else ""
         log.info(
-            f"fold {fold} epoch {record['epoch']}: loss {record['train_loss']:.4f} "
-            f"lr {record['lr']:.2e} {record['images_per_s']:.1f} img/s "
-            f"(data wait {100 * record['data_wait_share']:.0f}%){val}{stop}"
+            f"fold {fold} epoch {record.epoch}: loss {record.train_loss:.4f} "
+            f"lr {record.lr:.2e} {record.images_per_s:.1f} img/s "
+            f"(data wait {100 * record.data_wait_share:.0f}%){val}{stop}"
         )

@@ -23,6 +23,7 @@ from lightning_fabric import Fabric
 from segarena.config import Config, config_from_dict
 from segarena.errors import Interrupted, UserError
 from segarena.run_dir.layout import CONFIG, FOLDS, RUN, RunDir
+from segarena.run_dir.schema import RunInfo, Summary
 from segarena.train.budget import BudgetTooSmall
 from segarena.train.debug import check_loss_fell
 from segarena.train.distributed import from_rank_zero, rank_failure, say, start_fabric
@@ -132,14 +133,14 @@ class Run:
         return self.dir.config()
 
     @property
-    def info(self):
+    def info(self) -> RunInfo:
         """run.json: run id, experiment, folds to train, debug, store, weights."""
         return self.dir.info()
 
     @property
-    def summary(self):
+    def summary(self) -> Summary | None:
         """summary.json (pooled and per-fold scores), or None while the run is unfinished."""
-        return self.dir.summary() or None
+        return self.dir.summary()
 
     @property
     def finished(self) -> bool:

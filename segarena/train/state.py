@@ -1,7 +1,7 @@
-"""The typed state of a fold's training loop, and the record each epoch leaves.
+"""The typed state of a fold's training loop.
 
-LoopState is what last.ckpt saves (as the dict under "state") and a resume restores;
-EpochRecord is one line of fold_<k>/metrics.jsonl.
+LoopState is what last.ckpt saves (as the dict under "state") and a resume restores; the
+record each epoch leaves (a line of fold_<k>/metrics.jsonl) is run_dir.schema.EpochRecord.
 """
 
 from __future__ import annotations
@@ -43,26 +43,3 @@ class LoopState:
             return True
         self.epochs_without_gain += 1
         return False
-
-
-@dataclass
-class EpochRecord:
-    """One epoch of metrics.jsonl: training stats, and validation scores when it validated."""
-
-    epoch: int
-    train_loss: float
-    lr: float
-    images_per_s: float
-    data_wait_share: float
-    seconds: float
-    val_miou: float | None = None
-    val_pixel_acc: float | None = None
-    val_per_class_iou: list[float] | None = None
-
-    @property
-    def validated(self) -> bool:
-        return self.val_miou is not None
-
-    def to_json(self) -> dict[str, Any]:
-        """The metrics.jsonl line: validation keys only on epochs that validated."""
-        return {k: v for k, v in asdict(self).items() if v is not None or not k.startswith("val_")}
