@@ -9,6 +9,7 @@ from synthetic import tiny_config
 
 from segarena.config import config_from_dict
 from segarena.errors import UserError
+from segarena.run_dir.folds import check_same_folds, same_folds
 from segarena.run_dir.layout import FORMAT, RunDir
 from segarena.util.files import atomic_output, write_json_atomic
 
@@ -80,3 +81,26 @@ def test_a_folder_is_replaced_whole(tmp_path):
         (tmp / "new.png").write_text("y")
     assert sorted(p.name for p in out.iterdir()) == ["new.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pseudo"]
+
+
+def test_runs_of_one_split_pass_and_another_split_is_named(tmp_path):
+    base, same, other, bare = (tmp_path / name for name in ("base", "same", "other", "bare"))
+    for run, text in (
+        (base, "id,fold\na,0\n"),
+        (same, "id,fold\na,0\n"),
+        (other, "id,fold\na,1\n"),
+    ):
+        run.mkdir()
+        (run / "folds.csv").write_text(text)
+    bare.mkdir()
+    assert same_folds(base, same) and not same_folds(base, other) and not same_folds(base, bare)
+    check_same_folds([base, same], "expected one split")
+    with pytest.raises(UserError) as error:
+        check_same_folds([base, other], "expected one split", "arm 'x': ", "the baseline's ")
+    assert str(error.value) == (
+        f"arm 'x': {other / 'folds.csv'}: differs from the baseline's {base / 'folds.csv'}; "
+        "expected one split"
+    )
+    for runs in ([bare, base], [base, bare]):
+        with pytest.raises(UserError, match="no folds.csv; expected a run directory"):
+            check_same_folds(runs, "expected one split")

@@ -30,10 +30,11 @@ from segarena.ablate.infer_arms import load_matrices, save_matrices, score_check
 from segarena.ablate.plan import Plan
 from segarena.config import Config
 from segarena.errors import UserError
+from segarena.records.team import DuplicateRun
 from segarena.report.compare import config_diff
+from segarena.run_dir.folds import check_same_folds
 from segarena.run_dir.layout import CONFIG, FOLDS, RUN, SUMMARY, RunDir
 from segarena.run_dir.per_image import RunMatrices
-from segarena.records.team import DuplicateRun
 from segarena.train.experiment import select_folds, train
 from segarena.train.fold import TrainHooks
 from segarena.util.files import write_json_atomic
@@ -150,7 +151,12 @@ def run_ablation(
         runs[arm.name] = runs_of(arm)
         if not arm.unpaired:
             for base_run, arm_run in zip(runs[BASELINE], runs[arm.name]):
-                check_same_folds(base_run, arm_run, arm.name)
+                check_same_folds(
+                    [base_run, arm_run],
+                    "expected every arm on the experiment's folds.csv",
+                    context=f"arm {arm.name!r}: ",
+                    reference="the baseline's ",
+                )
     infer = {}
     for arm in plan.infer_arms:
         runs[arm.name] = runs[BASELINE]
@@ -272,15 +278,6 @@ def check_same_run(run_dir: Path, config: Config, folds: list[int], arm: str) ->
             f"arm {arm!r}: its recorded run {run_dir} differs from what the arm resolves "
             f"to now ({what}): the config, --set or --folds changed since the ablation "
             "started; keep them, or start a new ablation with --name"
-        )
-
-
-def check_same_folds(base_run: Path, arm_run: Path, arm: str) -> None:
-    """UserError unless the arm's run used the baseline's folds.csv, byte for byte."""
-    if (arm_run / FOLDS).read_bytes() != (base_run / FOLDS).read_bytes():
-        raise UserError(
-            f"arm {arm!r}: {arm_run / FOLDS} differs from the baseline's {base_run / FOLDS}; "
-            "expected every arm on the experiment's folds.csv"
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from segarena.run_dir.folds import same_folds
 from segarena.run_dir.layout import RunDir
 
 
@@ -31,8 +32,7 @@ def _gain(records, run_dir: RunDir, run_info: dict, summary: dict):
         return None, f"source run {source} has no summary.json (not finished, or moved)"
     if run_info.get("debug"):
         return None, "a --debug run scores a subset of the validation images"
-    theirs, ours = source.folds_path, run_dir.folds_path
-    if not theirs.is_file() or theirs.read_bytes() != ours.read_bytes():
+    if not same_folds(source.path, run_dir.path):
         return None, f"source run {source} has another folds.csv: other validation images"
     before = source.summary()
     folds_before = sorted(f["fold"] for f in before.get("folds", []))
