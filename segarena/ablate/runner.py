@@ -29,9 +29,9 @@ from segarena.ablate.arms import BASELINE, NAME, Arm
 from segarena.ablate.infer_arms import load_matrices, save_matrices, score_checkpoints
 from segarena.ablate.plan import Plan
 from segarena.config import Config
+from segarena.config.diff import config_diff
 from segarena.errors import UserError
 from segarena.records.team import DuplicateRun
-from segarena.report.compare import config_diff
 from segarena.run_dir.folds import check_same_folds
 from segarena.run_dir.layout import CONFIG, FOLDS, RUN, SUMMARY, RunDir
 from segarena.run_dir.per_image import RunMatrices

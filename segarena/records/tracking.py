@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from segarena.config import Config
+from segarena.config.diff import flatten
 
 T = TypeVar("T")
 
@@ -71,18 +72,6 @@ def environment(device: str, seed: int) -> dict[str, Any]:
         "argv": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Dotted paths of a nested dict; lists are one value (loss.terms is one setting), and
-    an empty dict has no paths (kwargs {} -> {a: 1} is the one change kwargs.a)."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 @contextmanager
