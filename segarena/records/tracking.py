@@ -7,20 +7,20 @@ itself, so evaluate and predict need only its directory.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
 from segarena.config import Config
 from segarena.config.diff import flatten
+from segarena.util.files import file_lock
 
 T = TypeVar("T")
 
@@ -74,17 +74,11 @@ def environment(device: str, seed: int) -> dict[str, Any]:
     }
 
 
-@contextmanager
-def store_lock(out: Path) -> Iterator[None]:
+def store_lock(out: Path) -> AbstractContextManager[None]:
     """An exclusive lock on OUT/.mlflow.lock while this process opens the MLflow store:
-    MLflow's SQLite schema set-up breaks when two processes run it at once."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".mlflow.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    MLflow's SQLite schema set-up breaks when two processes run it at once (and a claim's
+    look for the same experiment and its new run are one step, records.team)."""
+    return file_lock(Path(out) / ".mlflow.lock")
 
 
 def retry_locked(call: Callable[..., T], *args: Any, tries: int = 10, **kwargs: Any) -> T:
