@@ -388,3 +388,30 @@ def test_fingerprint_ignores_where_records_go_and_follows_what_is_learned(data, 
     assert sha("records.fingerprint_data=hash", root=copy) == by_content
     (copy / "masks" / "seq0_0000.png").write_bytes((data / "masks" / "seq1_0001.png").read_bytes())
     assert sha("records.fingerprint_data=hash", root=copy) != by_content
+
+
+def test_opening_a_store_is_quiet_and_leaves_environment_and_loggers_as_they_were(
+    tmp_path, monkeypatch, capfd
+):
+    """MLflow's store set-up messages are off while segarena opens a store, and only then;
+    its environment settings are set for a block and undone after."""
+    import logging
+
+    import mlflow  # noqa: F401  (importing it sets its loggers' levels: compare after that)
+
+    from segarena.records.tracking import NO_PROGRESS_BARS, local_uri, mlflow_env, open_client
+
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "false")  # the user's
+    environment = dict(os.environ)
+    loggers = [logging.getLogger(name) for name in ("mlflow", "alembic")]
+    levels = [logger.level for logger in loggers]
+    open_client(local_uri(tmp_path))  # a new SQLite store: its tables are created
+    assert (tmp_path / "mlflow.db").is_file()
+    assert "Creating initial MLflow database tables" not in capfd.readouterr().err
+    assert dict(os.environ) == environment
+    assert [logger.level for logger in loggers] == levels
+    with mlflow_env(MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true", **NO_PROGRESS_BARS):
+        assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
+        assert os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "false"  # user's wins
+    assert dict(os.environ) == environment
