@@ -131,7 +131,7 @@ def bootstrap_miou_ci(
     cms = np.asarray(per_image_cms, dtype=np.float64)
     if cms.ndim != 3 or cms.shape[1] != cms.shape[2] or len(cms) == 0:
         raise ValueError(f"expected per-image confusion matrices [N, C, C], got {cms.shape}")
-    mious = _resampled_mious(cms, _draws(len(cms), n_boot, seed))
+    mious = resampled_mious(cms, draw_counts(np.random.default_rng(seed), len(cms), n_boot))
     low, high = np.nanpercentile(mious, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return float(low), float(high)
 
@@ -149,21 +149,23 @@ def bootstrap_miou_diff_ci(
     b = np.asarray(cms_b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 3 or a.shape[1] != a.shape[2] or len(a) == 0:
         raise ValueError(f"expected two [N, C, C] arrays of one shape, got {a.shape}, {b.shape}")
-    draws = _draws(len(a), n_boot, seed)
-    diffs = _resampled_mious(b, draws) - _resampled_mious(a, draws)
+    draws = draw_counts(np.random.default_rng(seed), len(a), n_boot)
+    diffs = resampled_mious(b, draws) - resampled_mious(a, draws)
     low, high = np.nanpercentile(diffs, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return float(low), float(high)
 
 
-def _draws(n_images: int, n_boot: int, seed: int) -> np.ndarray:
-    """How many times each image is drawn in each resample: [n_boot, N]."""
-    rng = np.random.default_rng(seed)
+def draw_counts(rng: np.random.Generator, n_images: int, n_boot: int) -> np.ndarray:
+    """How many times each image is drawn in each of `n_boot` resamples of `n_images`
+    images with replacement: [n_boot, N] (every bootstrap of segarena draws through here)."""
     return rng.multinomial(n_images, np.full(n_images, 1.0 / n_images), size=n_boot)
 
 
-def _resampled_mious(cms: np.ndarray, draws: np.ndarray) -> np.ndarray:
-    """The mIoU of each resample: only the diagonal and row/column sums are needed, so all
-    resamples are one matrix product."""
+def resampled_mious(cms: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """The pooled mIoU of each resample, `draws[r, i]` copies of image i's matrix summed:
+    only the diagonal and row/column sums are needed, so all resamples are one matrix
+    product ([n_boot, C] each, whatever the number of classes)."""
+    cms = np.asarray(cms, dtype=np.float64)
     tp = draws @ np.diagonal(cms, axis1=1, axis2=2)
     support = draws @ cms.sum(axis=2)
     predicted = draws @ cms.sum(axis=1)

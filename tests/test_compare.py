@@ -12,8 +12,9 @@ from fake_runs import fake_run, masks, predictions
 from helpers import run_cli
 from synthetic import make_mask_folder, tiny_config
 
+from segarena.config.diff import NOT_LEARNED, config_diff, settings_changed, without
 from segarena.metrics import bootstrap_miou_diff_ci, scores
-from segarena.report.compare import compare_runs, config_diff, settings_changed
+from segarena.report.compare import compare_runs
 from segarena.run_dir.per_image import run_matrices
 
 
@@ -41,6 +42,16 @@ def test_config_diff_dotted_keys_lists_whole_and_ignored_sections():
         "model.kwargs.depth",
     ]
     assert config_diff(a, a) == []
+
+
+def test_data_root_counts_as_a_change_and_without_drops_nested_keys():
+    # another data.root may hold other data: compare and ablate count it; the fingerprint
+    # (which hashes the data itself) drops it with `without`
+    a = {"data": {"root": "/a", "classes": ["x"]}, "records": {"out": "r"}, "experiment": "e"}
+    b = {"data": {"root": "/b", "classes": ["x"]}, "records": {"out": "s"}, "experiment": "e"}
+    assert settings_changed(config_diff(a, b)) == ["data.root"]
+    assert without(a, (*NOT_LEARNED, "data.root")) == {"data": {"classes": ["x"]}}
+    assert a["data"]["root"] == "/a"  # a copy: the config itself is left as it was
 
 
 def test_injected_improvement_has_an_interval_above_zero(tmp_path, data):

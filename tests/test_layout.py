@@ -111,11 +111,8 @@ def test_no_module_is_longer_than_the_size_guard():
 PRIMITIVE_HOMES = {
     "get_close_matches": {"segarena.util.text"},  # did-you-mean hints
     "os.replace": {"segarena.util.files"},  # atomic writes
-    "fcntl.flock": {"segarena.util.files"},  # locks between processes
-}
-# Second homes that exist today and are being merged (the lead empties this after the merge):
-KNOWN_SECOND_HOMES = {
-    "fcntl.flock": {"segarena.records.tracking"},  # store_lock, beside util.files.folder_lock
+    "FileLock": {"segarena.util.files"},  # locks between processes (util.files.file_lock)
+    "fcntl": set(),  # POSIX-only locks: file_lock (filelock) replaces them everywhere
 }
 
 
@@ -127,8 +124,7 @@ def test_shared_helpers_have_one_home():
         for needle, where in found.items():
             if needle in text:
                 where.add(module_name(path))
-    expected = {n: PRIMITIVE_HOMES[n] | KNOWN_SECOND_HOMES.get(n, set()) for n in found}
-    assert found == expected
+    assert found == PRIMITIVE_HOMES
 
 
 def top_level_names(path: Path) -> list[ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef]:
@@ -158,11 +154,6 @@ SAME_NAME_ALLOWED = {
     "write_report": "one page each: the ablation, the audit, the run",
     "read_manifest": "two manifests, each checked its own way: audit.json, pseudo.json",
 }
-# Duplicates that exist today and are being merged into one home. The lead empties this set
-# after the merge; a name that is not here (or in SAME_NAME_ALLOWED) must have one home.
-KNOWN_DUPLICATES = {
-    "check_same_folds",  # infer.tune_weights and ablate.runner
-}
 
 
 def test_each_public_helper_is_defined_in_one_module():
@@ -173,10 +164,10 @@ def test_each_public_helper_is_defined_in_one_module():
             if not is_command(node):
                 homes.setdefault(node.name, []).append(module_name(path))
     duplicated = {name: where for name, where in homes.items() if len(where) > 1}
-    unexplained = set(duplicated) - set(SAME_NAME_ALLOWED) - KNOWN_DUPLICATES
+    unexplained = set(duplicated) - set(SAME_NAME_ALLOWED)
     assert unexplained == set(), {name: duplicated[name] for name in unexplained}
     # an allowance that no longer applies goes too (keeps the lists honest)
-    assert set(SAME_NAME_ALLOWED) | KNOWN_DUPLICATES <= set(duplicated)
+    assert set(SAME_NAME_ALLOWED) <= set(duplicated)
 
 
 def calls_print(path: Path) -> list[int]:

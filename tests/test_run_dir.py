@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from synthetic import tiny_config
 
 from segarena.config import config_from_dict
 from segarena.errors import UserError
+from segarena.run_dir.folds import check_same_folds, same_folds
 from segarena.run_dir.layout import FORMAT, RunDir
 from segarena.run_dir.schema import RunInfo
-from segarena.util.files import atomic_output, write_json_atomic
+from segarena.util.files import atomic_output, file_lock, write_json_atomic
 
 
 @pytest.fixture
@@ -181,3 +184,43 @@ def test_a_value_of_the_wrong_type_names_the_file_and_the_key(tmp_path, name, te
     message = str(err.value)
     assert message.startswith(str(run.path / name.replace("__", "/")) + ": ")
     assert f"{where}: " in message
+
+
+def test_runs_of_one_split_pass_and_another_split_is_named(tmp_path):
+    base, same, other, bare = (tmp_path / name for name in ("base", "same", "other", "bare"))
+    for run, text in (
+        (base, "id,fold\na,0\n"),
+        (same, "id,fold\na,0\n"),
+        (other, "id,fold\na,1\n"),
+    ):
+        run.mkdir()
+        (run / "folds.csv").write_text(text)
+    bare.mkdir()
+    assert same_folds(base, same) and not same_folds(base, other) and not same_folds(base, bare)
+    check_same_folds([base, same], "expected one split")
+    with pytest.raises(UserError) as error:
+        check_same_folds([base, other], "expected one split", "arm 'x': ", "the baseline's ")
+    assert str(error.value) == (
+        f"arm 'x': {other / 'folds.csv'}: differs from the baseline's {base / 'folds.csv'}; "
+        "expected one split"
+    )
+    for runs in ([bare, base], [base, bare]):
+        with pytest.raises(UserError, match="no folds.csv; expected a run directory"):
+            check_same_folds(runs, "expected one split")
+
+
+def test_a_file_lock_holds_off_another_process_until_released(tmp_path):
+    lock, mark = tmp_path / "new" / ".x.lock", tmp_path / "released"  # its folder is created
+    hold = "with file_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(0.6)\n"
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import pathlib, sys, time\nfrom segarena.util.files import "
+         f"file_lock\n{hold}    pathlib.Path(sys.argv[2]).touch()", str(lock), str(mark)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout.readline() == "held\n"
+        with file_lock(lock):
+            assert mark.exists()  # we got in only once the child was done
+    finally:
+        child.wait(timeout=30)
+    assert lock.is_file()  # left in place: waiters lock the same file

@@ -9,6 +9,7 @@ are its own on the shared server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -75,6 +76,100 @@ def server(tmp_path_factory):
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=15)
         log.close()
+
+
+def process_tree(root: int) -> set[int]:
+    """`root` and every process below it (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended while we looked
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        tree.add(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not a server
+        try:
+            s.bind(("127.0.0.1", port))
+            s.listen()
+        except OSError:
+            return False
+        return True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process tree in /proc")
+def test_sigterm_to_segarena_server_stops_the_mlflow_server_and_frees_the_port(tmp_path):
+    """A SIGTERM to `segarena server` alone (a service manager's stop, `kill PID`) stops the
+    MLflow server it started, workers included: none is left under PID 1 holding the port."""
+    if not server_installed():
+        pytest.skip(NO_SERVER)
+    port = free_port()
+    log = open(tmp_path / "server.log", "w")
+    command = [sys.executable, "-m", "segarena.cli", "server", "--port", str(port),
+               "--store", tmp_path / "store"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)  # fmt: skip
+    tree: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while not healthy(f"http://127.0.0.1:{port}"):
+            assert process.poll() is None, (tmp_path / "server.log").read_text()
+            assert time.monotonic() < deadline, "the server did not answer /health in 120 s"
+            time.sleep(0.25)
+        tree = process_tree(process.pid)
+        assert len(tree) >= 3  # segarena, mlflow server, its uvicorn
+        process.send_signal(signal.SIGTERM)  # to segarena's process only, not its group
+        assert process.wait(timeout=30) == 0
+        deadline = time.monotonic() + 30
+        while left := sorted(pid for pid in tree if running(pid)):
+            assert time.monotonic() < deadline, f"left running after 30 s: {left}"
+            time.sleep(0.1)
+        assert port_is_free(port)
+    finally:
+        for pid in [p for p in tree if running(p)]:  # the old `segarena server` left them
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        process.wait(timeout=15)
+        log.close()
+
+
+def test_sigint_to_serve_stops_the_whole_process_group(tmp_path):
+    """Ctrl-C (SIGINT) to segarena reaches every process the server started, fast."""
+    fake_server = ("import subprocess, time; child = subprocess.Popen(['sleep', '60']); "
+                   "print(child.pid, flush=True); time.sleep(60)")  # fmt: skip
+    command = f"[sys.executable, '-c', {fake_server!r}]"
+    runner = ("import os, sys; from segarena.records.server import serve; "
+              f"sys.exit(serve({command}, dict(os.environ)))")  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-c", runner], stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)  # fmt: skip
+    grandchild = None
+    try:
+        grandchild = int(process.stdout.readline())
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+        assert not running(grandchild)  # `serve` returns once its whole group is gone
+    finally:
+        for pid in [p for p in (process.pid, grandchild) if p and running(p)]:
+            os.kill(pid, signal.SIGKILL)  # what the test left, if it failed
+        process.wait(timeout=15)
 
 
 @pytest.fixture(scope="module")
@@ -392,3 +487,30 @@ def test_fingerprint_ignores_where_records_go_and_follows_what_is_learned(data, 
     assert sha("records.fingerprint_data=hash", root=copy) == by_content
     (copy / "masks" / "seq0_0000.png").write_bytes((data / "masks" / "seq1_0001.png").read_bytes())
     assert sha("records.fingerprint_data=hash", root=copy) != by_content
+
+
+def test_opening_a_store_is_quiet_and_leaves_environment_and_loggers_as_they_were(
+    tmp_path, monkeypatch, capfd
+):
+    """MLflow's store set-up messages are off while segarena opens a store, and only then;
+    its environment settings are set for a block and undone after."""
+    import logging
+
+    import mlflow  # noqa: F401  (importing it sets its loggers' levels: compare after that)
+
+    from segarena.records.tracking import NO_PROGRESS_BARS, local_uri, mlflow_env, open_client
+
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "false")  # the user's
+    environment = dict(os.environ)
+    loggers = [logging.getLogger(name) for name in ("mlflow", "alembic")]
+    levels = [logger.level for logger in loggers]
+    open_client(local_uri(tmp_path))  # a new SQLite store: its tables are created
+    assert (tmp_path / "mlflow.db").is_file()
+    assert "Creating initial MLflow database tables" not in capfd.readouterr().err
+    assert dict(os.environ) == environment
+    assert [logger.level for logger in loggers] == levels
+    with mlflow_env(MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true", **NO_PROGRESS_BARS):
+        assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
+        assert os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "false"  # user's wins
+    assert dict(os.environ) == environment

@@ -27,9 +27,9 @@ from typing import Any
 
 import yaml
 
+from segarena.config.diff import flatten
 from segarena.errors import UserError
 from segarena.infer.options import cli_overrides
-from segarena.records.tracking import flatten
 from segarena.util.text import did_you_mean
 
 BASELINE = "baseline"

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from segarena.ablate.arms import Arm
 from segarena.config import Config, load_config, parse_overrides
+from segarena.config.diff import config_diff, settings_changed, under
 from segarena.errors import UserError
 from segarena.infer.options import infer_options
-from segarena.report.compare import config_diff, settings_changed
 from segarena.run_dir.checkpoints import CHECKPOINT_KINDS
 from segarena.train.parts import check_names
 
@@ -90,10 +90,6 @@ def make_plan(
     return plan
 
 
-def _under(key: str, prefixes: tuple[str, ...]) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in prefixes)
-
-
 def check_train_arm(plan: Plan, arm: Arm, base: Config, allow_unpaired: bool) -> Arm:
     """The arm with its unpaired keys; UserError if it is unknown, empty or not allowed."""
     try:
@@ -109,7 +105,7 @@ def check_train_arm(plan: Plan, arm: Arm, base: Config, allow_unpaired: bool) ->
         )
     changes = config_diff(base.model_dump(mode="json"), config.model_dump(mode="json"))
     keys = [c.key for c in changes]
-    if fixed := [k for k in keys if _under(k, FIXED)]:
+    if fixed := [k for k in keys if under(k, FIXED)]:
         raise UserError(
             f"arm {arm.name!r} changes {', '.join(fixed)}: every arm keeps the baseline's "
             "(its runs share OUT/<experiment> and are scored on the same classes)"
@@ -119,7 +115,7 @@ def check_train_arm(plan: Plan, arm: Arm, base: Config, allow_unpaired: bool) ->
             f"arm {arm.name!r} changes nothing: with {arm.change} its config resolves to "
             "the baseline's"
         )
-    unpaired = [k for k in keys if _under(k, UNPAIRED)]
+    unpaired = [k for k in keys if under(k, UNPAIRED)]
     if unpaired and not allow_unpaired:
         raise UserError(
             f"arm {arm.name!r} changes {', '.join(unpaired)}: its runs would see other images "

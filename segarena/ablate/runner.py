@@ -25,9 +25,10 @@ from segarena.ablate.arms import BASELINE, NAME, Arm
 from segarena.ablate.infer_arms import load_matrices, save_matrices, score_checkpoints
 from segarena.ablate.plan import Plan
 from segarena.config import Config
+from segarena.config.diff import config_diff
 from segarena.errors import UserError
 from segarena.records.team import DuplicateRun
-from segarena.report.compare import config_diff
+from segarena.run_dir.folds import check_same_folds
 from segarena.run_dir.layout import RUN, RunDir
 from segarena.run_dir.per_image import RunMatrices
 from segarena.train.fold import TrainHooks
@@ -135,7 +136,12 @@ def run_ablation(
         runs[arm.name] = runs_of(arm)
         if not arm.unpaired:
             for base_run, arm_run in zip(runs[BASELINE], runs[arm.name]):
-                check_same_folds(base_run, arm_run, arm.name)
+                check_same_folds(
+                    [base_run, arm_run],
+                    "expected every arm on the experiment's folds.csv",
+                    context=f"arm {arm.name!r}: ",
+                    reference="the baseline's ",
+                )
     infer = {}
     for arm in plan.infer_arms:
         runs[arm.name] = runs[BASELINE]
@@ -189,16 +195,6 @@ def check_same_run(run_dir: Path, config: Config, folds: list[int], arm: str) ->
             f"arm {arm!r}: its recorded run {run_dir} differs from what the arm resolves "
             f"to now ({what}): the config, --set or --folds changed since the ablation "
             "started; keep them, or start a new ablation with --name"
-        )
-
-
-def check_same_folds(base_run: Path, arm_run: Path, arm: str) -> None:
-    """UserError unless the arm's run used the baseline's folds.csv, byte for byte."""
-    if RunDir(arm_run).folds_path.read_bytes() != RunDir(base_run).folds_path.read_bytes():
-        raise UserError(
-            f"arm {arm!r}: {RunDir(arm_run).folds_path} differs from the baseline's "
-            f"{RunDir(base_run).folds_path}; "
-            "expected every arm on the experiment's folds.csv"
         )
 
 

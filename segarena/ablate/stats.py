@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from segarena.metrics import bootstrap_miou_diff_ci, mious, scores
+from segarena.metrics import bootstrap_miou_diff_ci, draw_counts, resampled_mious, scores
 from segarena.run_dir.per_image import RunMatrices, paired_matrices
-
-CHUNK = 128  # resamples summed at once: [CHUNK, C, C] stays small for many classes
 
 
 def paired(base: RunMatrices, arm: RunMatrices, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -55,18 +53,7 @@ def seed_bootstrap(
         for s, (base, arm) in enumerate(pairs):
             rows = np.flatnonzero(picks[:, slot] == s)
             if rows.size:
-                n = len(base)
-                draws = rng.multinomial(n, np.full(n, 1.0 / n), size=rows.size)
+                draws = draw_counts(rng, len(base), rows.size)
                 gains[rows] += resampled_mious(arm, draws) - resampled_mious(base, draws)
     low, high = np.nanpercentile(gains / count, [2.5, 97.5])
     return float(low), float(high)
-
-
-def resampled_mious(cms: np.ndarray, draws: np.ndarray) -> np.ndarray:
-    """The pooled mIoU of each resample: draws[r, i] copies of image i's matrix, summed."""
-    flat = cms.reshape(len(cms), -1).astype(np.float64)
-    out = [
-        mious((draws[i : i + CHUNK] @ flat).reshape(-1, *cms.shape[1:]))
-        for i in range(0, len(draws), CHUNK)
-    ]
-    return np.concatenate(out)

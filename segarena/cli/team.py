@@ -4,7 +4,6 @@ it) and lb (leaderboard scores next to CV, and the CV-vs-LB page)."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ def server(
     ),
 ) -> None:
     """Start a team's MLflow tracking server (SQLite + artifact folder) in the foreground."""
-    from segarena.records.server import server_command, server_env, tracking_uri
+    from segarena.records.server import serve, server_command, server_env, tracking_uri
 
     command = server_command(store, host, port, allowed_hosts)
     uri = tracking_uri(host, port)
@@ -38,11 +37,8 @@ def server(
     if host not in ("127.0.0.1", "localhost") and not allowed_hosts:
         typer.echo(f"  teammates on other machines need: --allowed-hosts {uri.split('//')[1]}")
     sys.stdout.flush()
-    try:
-        code = subprocess.call(command, env=server_env())
-    except KeyboardInterrupt:  # Ctrl-C reached the server too: it stops on its own
-        code = 0
-    raise typer.Exit(code)
+    # SIGTERM and Ctrl-C stop the MLflow server and its workers too, then segarena exits
+    raise typer.Exit(serve(command, server_env()))
 
 
 @friendly_errors

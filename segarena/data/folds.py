@@ -19,7 +19,7 @@ from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, Shuffl
 from segarena.config import SplitConfig
 from segarena.data.readers import Sample
 from segarena.errors import UserError
-from segarena.util.files import atomic_output, folder_lock
+from segarena.util.files import atomic_output, file_lock
 from segarena.util.text import examples
 
 ALWAYS_TRAIN = -1
@@ -211,8 +211,9 @@ def load_or_create_folds(
 ) -> list[int]:
     """The folds in `path` if it exists (checked against the data), else new ones written there."""
     path = Path(path)
-    # two runs started together in a fresh folder: one writes, the other reads what it wrote
-    with folder_lock(path.parent):
+    # two runs started together in a fresh folder: one writes, the other reads what it
+    # wrote (the lock file .folds.csv.lock stays beside folds.csv)
+    with file_lock(path.with_name(f".{path.name}.lock")):
         if path.exists():
             return read_folds(path, samples, split)
         folds = make_folds(samples, split, num_classes)

@@ -28,8 +28,9 @@ from segarena.data.readers import Sample, load_image, load_mask, read_samples
 from segarena.errors import BadOption, UserError
 from segarena.infer.ensemble import Ensemble, EnsembleSpec
 from segarena.infer.images import as_is, same_size_batches
-from segarena.infer.tune_weights import check_same_folds
+from segarena.infer.tune_weights import ONE_SPLIT
 from segarena.metrics import ConfusionMatrix, scores
+from segarena.run_dir.folds import check_same_folds
 from segarena.run_dir.layout import CONFIG, FOLDS, RUN, RunDir
 from segarena.util.files import write_json_atomic
 
@@ -139,7 +140,7 @@ def score_folds(spec: EnsembleSpec, run: RunDir, config: Config, split: str, wor
     """Each fold's ensemble on its own `split` images: (per-fold scores, matrices, member
     names, the inference options)."""
     samples, folds = run.samples_and_folds(config)
-    check_same_folds(spec.run_dirs)
+    check_same_folds(spec.run_dirs, ONE_SPLIT)
     fold_ids = sorted(run.info().folds) if spec.folds is None else list(spec.folds)
     per_fold, matrices, members = [], [], []
     for k in fold_ids:

@@ -31,25 +31,16 @@ from segarena.config import Config
 from segarena.data.readers import Sample, load_mask
 from segarena.errors import BadOption, UserError
 from segarena.metrics import mious, scores
+from segarena.run_dir.folds import check_same_folds
 from segarena.run_dir.layout import RunDir
 from segarena.run_dir.per_image import oof_paths, samples_by_oof_name
 
+# why out-of-fold ensembles (tune-weights, evaluate --split val) check folds.csv
+ONE_SPLIT = (
+    "out-of-fold ensembles need runs of one experiment (same data, same folds). Score "
+    "mixed runs on a labelled folder instead (evaluate --images DIR --masks DIR)"
+)
 CANDIDATE_CHUNK = 32  # weight vectors mixed at once: bounds memory at chunk x C x H x W
-
-
-def check_same_folds(run_dirs: Sequence[Path]) -> None:
-    """UserError unless every run has the first run's folds.csv (same images, same folds)."""
-    first = Path(run_dirs[0]) / "folds.csv"
-    if not first.is_file():
-        raise UserError(f"{run_dirs[0]}: no folds.csv; expected a run directory")
-    for run_dir in run_dirs[1:]:
-        path = Path(run_dir) / "folds.csv"
-        if not path.is_file() or path.read_text() != first.read_text():
-            raise UserError(
-                f"{path}: differs from {first}; out-of-fold ensembles need runs of one "
-                "experiment (same data, same folds). Score mixed runs on a labelled folder "
-                "instead (evaluate --images DIR --masks DIR)"
-            )
 
 
 def simplex_grid(members: int, steps: int) -> np.ndarray:
@@ -105,7 +96,7 @@ class OofImages:
 
 def oof_images(run_dirs: Sequence[Path]) -> OofImages:
     """The OOF files of runs of one experiment; UserError when a run lacks some."""
-    check_same_folds(run_dirs)
+    check_same_folds(run_dirs, ONE_SPLIT)
     config = RunDir(run_dirs[0]).config()
     found = [oof_paths(r) for r in run_dirs]
     names = sorted(set.intersection(*(set(f) for f in found)))

@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from segarena.config import Config
+from segarena.config.diff import NOT_LEARNED, without
 from segarena.data.folds import make_folds, read_folds
 from segarena.data.readers import Sample
 from segarena.util.files import file_sha256
-
-# settings that never change what a run learns
-IGNORED = ("records", "experiment")
 
 
 def _sha256(data: Any) -> str:
@@ -33,10 +31,10 @@ def _sha256(data: Any) -> str:
 
 
 def config_part(config: Config) -> dict[str, Any]:
-    """The resolved config without output paths and record settings."""
-    raw = {k: v for k, v in config.model_dump(mode="json").items() if k not in IGNORED}
-    raw["data"] = {k: v for k, v in raw["data"].items() if k != "root"}
-    return raw
+    """The resolved config without the settings that do not change what is learned
+    (config.diff.NOT_LEARNED), and without data.root: `data_part` fingerprints the data
+    itself, by paths relative to data.root, so where a teammate keeps it does not count."""
+    return without(config.model_dump(mode="json"), (*NOT_LEARNED, "data.root"))
 
 
 def _relative(path: Path, root: Path) -> str:

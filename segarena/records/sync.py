@@ -11,7 +11,6 @@ server copy, so that `lb` records there.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,10 @@ from typing import Any
 from segarena.errors import UserError
 from segarena.records.team import health_problem, is_server
 from segarena.records.tracking import (
+    NO_PROGRESS_BARS,
     experiment_id,
     local_uri,
+    mlflow_env,
     open_client,
     retry_locked,
     store_lock,
@@ -126,8 +127,14 @@ def sync(out: Path, to: str) -> dict[str, int]:
     problem = health_problem(to)
     if problem is not None:
         raise UserError(f"sync --to {to}: the tracking server does not answer ({problem})")
-    # MLflow prints each run's URL as it is closed: one line per pushed run is noise here
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # MLflow prints each run's URL as it is closed (one line per pushed run is noise here)
+    # and draws a progress bar per artifact: both off while the runs are pushed
+    with mlflow_env(MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true", **NO_PROGRESS_BARS):
+        return _push(out, to)
+
+
+def _push(out: Path, to: str) -> dict[str, int]:
+    """`sync`'s work, once the server answers."""
     with store_lock(out):
         local = open_client(local_uri(out))
     server = open_client(to)

@@ -1,27 +1,34 @@
-"""Run directories and experiment records (JSON files and MLflow).
+"""A run's MLflow records (its params, metrics, artifacts and status) and its environment
+record (env.json's content).
 
-OUT/<experiment>/<run_id>/ holds config.yaml, folds.csv, env.json, run.json,
-fold_<k>/{best.ckpt,last.ckpt,metrics.jsonl,oof/} and summary.json: a run describes
-itself, so evaluate and predict need only its directory.
+The run directory these records point to is drawn once, in ARCHITECTURE.md (the
+run-directory contract); `segarena.run_dir.layout.RunDir` reads and writes it.
+
+MLflow is quieted only where segarena calls it, and only for that call: the store's
+set-up messages (mlflow's own logger, INFO) while a client opens it, artifact progress
+bars while a run's files upload (`mlflow_env`). segarena also runs inside other programs
+(tests, notebooks, a team's scripts) whose environment and logging are their own, so
+nothing is changed at import time and every change is undone after the call.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import platform
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
 from segarena.config import Config
+from segarena.config.diff import flatten
 from segarena.run_dir.layout import RunDir
 from segarena.run_dir.schema import RunInfo, Store
+from segarena.util.files import file_lock
 
 T = TypeVar("T")
 
@@ -75,29 +82,11 @@ def environment(device: str, seed: int) -> dict[str, Any]:
     }
 
 
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Dotted paths of a nested dict; lists are one value (loss.terms is one setting), and
-    an empty dict has no paths (kwargs {} -> {a: 1} is the one change kwargs.a)."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-@contextmanager
-def store_lock(out: Path) -> Iterator[None]:
+def store_lock(out: Path) -> AbstractContextManager[None]:
     """An exclusive lock on OUT/.mlflow.lock while this process opens the MLflow store:
-    MLflow's SQLite schema set-up breaks when two processes run it at once."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".mlflow.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    MLflow's SQLite schema set-up breaks when two processes run it at once (and a claim's
+    look for the same experiment and its new run are one step, records.team)."""
+    return file_lock(Path(out) / ".mlflow.lock")
 
 
 def retry_locked(call: Callable[..., T], *args: Any, tries: int = 10, **kwargs: Any) -> T:
@@ -123,18 +112,47 @@ def local_uri(out: Path) -> str:
     return f"sqlite:///{(Path(out) / 'mlflow.db').resolve()}"
 
 
+@contextmanager
+def mlflow_env(**values: str) -> Iterator[None]:
+    """MLflow settings read from the environment (MLFLOW_...), set for the block and
+    restored after; a variable the user set keeps the user's value."""
+    saved = {name: os.environ.get(name) for name in values}
+    for name, value in values.items():
+        os.environ.setdefault(name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+# artifact uploads draw progress bars: noise between segarena's own lines
+NO_PROGRESS_BARS = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
+
 def open_client(uri: str) -> Any:
-    """An MlflowClient on `uri` (MLflow is imported here: it costs seconds)."""
+    """An MlflowClient on `uri` (MLflow is imported here: it costs seconds). Opening a
+    SQLite store creates or upgrades its tables, which MLflow announces at INFO ("Creating
+    initial MLflow database tables...", alembic's migrations): noise for the user, so
+    those two loggers are raised to WARNING while the client opens the store, then set
+    back to the levels they had."""
     import logging
 
     import mlflow
 
-    # artifact transfers draw progress bars: noise between segarena's own lines
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # Creating the SQLite store logs alembic migrations at INFO: noise for the user.
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    return retry_locked(mlflow.MlflowClient, uri)
+    loggers = [logging.getLogger(name) for name in ("mlflow", "alembic")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        if logger.getEffectiveLevel() < logging.WARNING:
+            logger.setLevel(logging.WARNING)
+    try:
+        return retry_locked(mlflow.MlflowClient, uri)
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def experiment_id(client: Any, name: str, out: Path, uri: str) -> str:
@@ -245,7 +263,8 @@ class Tracker:
         # the summary, the resolved config and the environment go with the run's record
         run = RunDir(self.run_dir)
         summary = [] if summary_path is None else [summary_path]
-        for path in [*summary, run.config_path, run.env_path]:
-            if path.is_file():
-                retry_locked(self.client.log_artifact, self.run_id, str(path))
+        with mlflow_env(**NO_PROGRESS_BARS):
+            for path in [*summary, run.config_path, run.env_path]:
+                if path.is_file():
+                    retry_locked(self.client.log_artifact, self.run_id, str(path))
         retry_locked(self.client.set_terminated, self.run_id, status=status)

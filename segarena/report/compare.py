@@ -15,9 +15,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from segarena.config.diff import Change, config_diff, settings_changed
 from segarena.errors import UserError
 from segarena.metrics import bootstrap_miou_diff_ci, scores
-from segarena.records.tracking import flatten
 from segarena.run_dir.layout import RunDir
 from segarena.run_dir.per_image import (
     RunMatrices,
@@ -26,34 +26,6 @@ from segarena.run_dir.per_image import (
     samples_by_oof_name,
     stored_matrices,
 )
-
-# Settings that do not change what a run learns: a diff in them is not "a change".
-IGNORED = ("experiment", "records")
-MISSING = "(absent)"
-
-
-@dataclass(frozen=True)
-class Change:
-    key: str  # dotted path, e.g. "optimizer.lr"
-    old: Any
-    new: Any
-
-
-def config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[Change]:
-    """The keys whose value differs between configs `a` and `b`, sorted by key."""
-    # hand-written: flattening two dicts and comparing keys is a few lines, where a
-    # diff library (deepdiff) would add a dependency and report list items one by one
-    flat_a, flat_b = flatten(a), flatten(b)
-    return [
-        Change(key, flat_a.get(key, MISSING), flat_b.get(key, MISSING))
-        for key in sorted(flat_a.keys() | flat_b.keys())
-        if flat_a.get(key, MISSING) != flat_b.get(key, MISSING)
-    ]
-
-
-def settings_changed(changes: list[Change]) -> list[str]:
-    """The changed keys that can change results (records.* and experiment left out)."""
-    return [c.key for c in changes if c.key.split(".")[0] not in IGNORED]
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from segarena.run_dir.folds import same_folds
 from segarena.run_dir.layout import RunDir
 from segarena.run_dir.schema import PseudoFolder, PseudoGain, RunInfo, Summary
 
@@ -34,8 +35,7 @@ def _gain(
         return None, f"source run {source} has no summary.json (not finished, or moved)"
     if run_info.debug:
         return None, "a --debug run scores a subset of the validation images"
-    theirs, ours = source.folds_path, run_dir.folds_path
-    if not theirs.is_file() or theirs.read_bytes() != ours.read_bytes():
+    if not same_folds(source.path, run_dir.path):
         return None, f"source run {source} has another folds.csv: other validation images"
     folds_before = sorted(f.fold for f in before.folds)
     folds_now = sorted(f.fold for f in summary.folds)

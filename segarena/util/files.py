@@ -8,7 +8,6 @@ leaves the old file (or none) and removes the temporary one.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -149,13 +148,17 @@ def file_sha256(path: Path) -> str:
 
 
 @contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """An exclusive lock on `folder` itself (flock on the directory, no lock file), held
-    for the block: processes writing a file they share in it (folds.csv) take turns."""
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    handle = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on the lock file `path` (created with its folder, and left in
+    place: waiters lock the same file), held for the block. Another process, or another
+    block of this one, waits for it without a time limit: the holders are short steps
+    (writing folds.csv, opening the MLflow store and claiming an experiment).
+
+    The `filelock` package's FileLock: flock(2) where there is one, its own fallback where
+    there is not; a killed holder's lock goes with its process."""
+    from filelock import FileLock  # imported here: most commands never lock
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path):
         yield
-    finally:
-        os.close(handle)  # closing releases the lock
