@@ -24,6 +24,7 @@ STAGES = [
     "report",
     "labels",
     "ablate",
+    "compete",
     "cli",
 ]
 
