@@ -14,6 +14,7 @@ from PIL import Image
 from synthetic import make_mask_folder, tiny_config
 
 from segarena.compete import oof, runner
+from segarena.compete import stages as stage_module
 from segarena.compete.plan import BudgetTooSmall, DataFacts, make_plan, minimum_minutes
 from segarena.compete.probe import Speed
 from segarena.config import config_from_dict
@@ -47,7 +48,9 @@ def project(tmp_path, labelled, name="exp", **sections):
 
 def run_dirs(runs: Path) -> list[Path]:
     folder = runs / "tiny"
-    return sorted(p for p in folder.iterdir() if (p / "run.json").is_file()) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if (p / "run.json").is_file())
 
 
 # the plan (no training) ------------------------------------------------------------------
@@ -67,7 +70,8 @@ def test_a_fast_device_plans_more_folds_and_a_bigger_input_than_two_cpus():
 def test_a_bigger_budget_plans_at_least_as_much():
     short, long = make_plan(CAMVID, SLOW, 3600), make_plan(CAMVID, SLOW, 6 * 3600)
     assert len(long.folds) >= len(short.folds) and long.scale >= short.scale
-    assert (len(long.folds), long.scale, long.pseudo) != (len(short.folds), short.scale, short.pseudo)
+    shape = [(len(p.folds), p.scale, p.pseudo) for p in (short, long)]
+    assert shape[0] != shape[1]
 
 
 def test_a_budget_below_the_smallest_plan_names_the_minimum():
@@ -177,7 +181,7 @@ def test_compete_end_to_end_keeps_what_helps_drops_what_does_not(
 def test_stages_are_skipped_when_the_time_left_cannot_fit_them(data, tmp_path, monkeypatch):
     labelled, test = data
     _, raw = project(tmp_path, labelled)
-    monkeypatch.setattr(runner, "time_left", lambda comp, budget_s: 0.0)
+    monkeypatch.setattr(stage_module, "time_left", lambda comp, budget_s: 0.0)
     comp = runner.compete(config_from_dict(raw), test, 30, out=tmp_path / "out",
                           probe=lambda c, s: TINY, n_boot=200, echo=lambda line: None)  # fmt: skip
     stages = comp.record["stages"]
@@ -203,7 +207,7 @@ def test_a_killed_compete_resumes_without_retraining_finished_stages(
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(runner.Stages, "tta", killed)
+        patch.setattr(stage_module.Stages, "tta", killed)
         result = run_cli(*args)
     assert result.exit_code == 130 and "--resume" in result.output, result.output
     record = json.loads((out / "compete.json").read_text())

@@ -13,8 +13,12 @@ from segarena.cli.common import SetOption, err, friendly_errors
 @friendly_errors
 def compete(
     config: Path = typer.Argument(..., help="Experiment YAML (a split with K >= 2 folds)."),
-    test_images: Path = typer.Option(..., "--test-images", help="Folder of unlabelled test images."),
-    budget_min: float = typer.Option(..., "--budget-min", help="Minutes of wall clock, all stages."),
+    test_images: Path = typer.Option(
+        ..., "--test-images", help="Folder of unlabelled test images."
+    ),
+    budget_min: float = typer.Option(
+        ..., "--budget-min", help="Minutes of wall clock, all stages."
+    ),
     out: Path = typer.Option(
         None, "--out", help="Competition folder (default: records.out/<experiment>/compete)."
     ),

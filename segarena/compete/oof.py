@@ -22,8 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from segarena.ablate.infer_arms import load_matrices, mask_tensor, save_matrices
-from segarena.ablate.infer_arms import score_checkpoints
+from segarena.ablate.infer_arms import load_matrices, mask_tensor, save_matrices, score_checkpoints
 from segarena.ablate.stats import gain_interval, paired, pooled_miou
 from segarena.data.folds import fold_indices
 from segarena.data.readers import load_image, load_mask

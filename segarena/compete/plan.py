@@ -213,7 +213,9 @@ def make_plan(facts: DataFacts, speed: Speed, budget_s: float) -> CompetePlan:
                 f"epoch); give at least {math.ceil(need / 60 * 10) / 10:g} minutes"
             )
         chosen = (scale, size, 1, epochs, {"pseudo": False, "swa": False}, stages)
-        reasons.append(f"fewer than {min_epochs} epochs fit anywhere: {epochs} at the smallest size")
+        reasons.append(
+            f"fewer than {min_epochs} epochs fit anywhere: {epochs} at the smallest size"
+        )
     scale, size, k, epochs, variant, stages = chosen
     if k < facts.folds:
         reasons.append(
@@ -235,10 +237,10 @@ def make_plan(facts: DataFacts, speed: Speed, budget_s: float) -> CompetePlan:
         with_ms = costs.stages(size, k, epochs, multiscale=True, **variant)
         multiscale = sum(with_ms.values()) <= usable
         stages = with_ms if multiscale else stages
-    reasons.append(
-        f"multi-scale TTA {MULTISCALE}: "
-        + ("planned" if multiscale else f"left out (its scoring exceeds {MULTISCALE_SHARE:.0%} of the budget or the time left)")
-    )  # fmt: skip
+    left_out = (
+        f"left out (its scoring exceeds {MULTISCALE_SHARE:.0%} of the budget or the time left)"
+    )
+    reasons.append(f"multi-scale TTA {MULTISCALE}: " + ("planned" if multiscale else left_out))
     spare = usable - sum(stages.values())
     reasons.append(f"planned {sum(stages.values()) / 60:.1f} of {budget_s / 60:.1f} min "
                    f"({spare / 60:.1f} min spare, {RESERVE:.0%} reserve)")  # fmt: skip
