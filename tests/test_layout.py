@@ -25,6 +25,7 @@ STAGES = [
     "report",
     "labels",
     "ablate",
+    "compete",
     "cli",
 ]
 

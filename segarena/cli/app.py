@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from segarena.cli import ablation, inference, reports, team, training
+from segarena.cli import ablation, compete, inference, reports, team, training
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
@@ -17,6 +17,7 @@ COMMANDS = {
     "train": training.train,
     "split": training.split,
     "ablate": ablation.ablate,
+    "compete": compete.compete,
     "evaluate": inference.evaluate,
     "predict": inference.predict,
     "validate-submission": inference.validate_submission,
