@@ -15,7 +15,7 @@ from synthetic import make_mask_folder, tiny_config
 
 from segarena.compete import oof, runner
 from segarena.compete import stages as stage_module
-from segarena.compete.plan import BudgetTooSmall, DataFacts, make_plan, minimum_minutes
+from segarena.compete.plan import BudgetTooSmall, DataFacts, minimum_minutes, plan_competition
 from segarena.compete.probe import Speed
 from segarena.config import config_from_dict
 from segarena.submission.check import validate_submission
@@ -57,7 +57,7 @@ def run_dirs(runs: Path) -> list[Path]:
 
 
 def test_a_fast_device_plans_more_folds_and_a_bigger_input_than_two_cpus():
-    fast, slow = make_plan(CAMVID, FAST, 3600), make_plan(CAMVID, SLOW, 3600)
+    fast, slow = plan_competition(CAMVID, FAST, 3600), plan_competition(CAMVID, SLOW, 3600)
     assert len(fast.folds) > len(slow.folds)
     assert fast.image_size[0] * fast.image_size[1] > slow.image_size[0] * slow.image_size[1]
     assert fast.pseudo and not slow.pseudo  # the CPU budget has no room for a second run
@@ -68,7 +68,7 @@ def test_a_fast_device_plans_more_folds_and_a_bigger_input_than_two_cpus():
 
 
 def test_a_bigger_budget_plans_at_least_as_much():
-    short, long = make_plan(CAMVID, SLOW, 3600), make_plan(CAMVID, SLOW, 6 * 3600)
+    short, long = plan_competition(CAMVID, SLOW, 3600), plan_competition(CAMVID, SLOW, 6 * 3600)
     assert len(long.folds) >= len(short.folds) and long.scale >= short.scale
     shape = [(len(p.folds), p.scale, p.pseudo) for p in (short, long)]
     assert shape[0] != shape[1]
@@ -76,9 +76,9 @@ def test_a_bigger_budget_plans_at_least_as_much():
 
 def test_a_budget_below_the_smallest_plan_names_the_minimum():
     least = minimum_minutes(CAMVID, SLOW)
-    make_plan(CAMVID, SLOW, least * 60 * 1.01)  # just enough
+    plan_competition(CAMVID, SLOW, least * 60 * 1.01)  # just enough
     with pytest.raises(BudgetTooSmall, match=r"give at least [\d.]+ minutes"):
-        make_plan(CAMVID, SLOW, least * 60 * 0.9)
+        plan_competition(CAMVID, SLOW, least * 60 * 0.9)
 
 
 # bad input: exit 2, one message, nothing created -------------------------------------------

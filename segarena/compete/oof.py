@@ -69,7 +69,7 @@ def ensemble_matrices(choice: dict[str, Any], device: str) -> RunMatrices:
     samples, folds = first.samples_and_folds(config)
     classes, ignore = config.data.num_classes, config.data.ignore_index
     ids, fold_of, cms = [], [], []
-    for k in sorted(first.info()["folds"]):
+    for k in sorted(first.info().folds):
         fold_weights = (choice.get("fold_weights") or {}).get(str(k))
         spec = choice_spec(choice, device, fold_weights).with_folds([k])
         ensemble = Ensemble.from_spec(spec)

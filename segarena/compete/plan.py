@@ -31,7 +31,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from segarena.compete.probe import Speed
-from segarena.errors import UserError
+from segarena.train.budget import BudgetTooSmall  # one error for every budget too small
 
 SCALES = (1.0, 0.75, 0.5, 0.375, 0.25)
 MIN_SIDE = 32  # and sizes are multiples of it (the encoders' output stride)
@@ -44,10 +44,6 @@ RESERVE = 0.10  # share of the budget left free
 MULTISCALE = (0.75, 1.0, 1.25)
 MULTISCALE_SHARE = 0.05
 HFLIP_VIEWS = 2
-
-
-class BudgetTooSmall(UserError):
-    """--budget-min cannot fit even the smallest plan."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +166,7 @@ VARIANTS = (  # the optional stages, richest first
 )
 
 
-def make_plan(facts: DataFacts, speed: Speed, budget_s: float) -> CompetePlan:
+def plan_competition(facts: DataFacts, speed: Speed, budget_s: float) -> CompetePlan:
     """The plan of the module docstring for `budget_s` seconds of wall clock."""
     costs = Costs(facts, speed)
     usable = budget_s * (1 - RESERVE)

@@ -50,11 +50,11 @@ def measure_speed(config: Config, size: tuple[int, int], device: str = "auto") -
     def timed(step) -> float:
         for _ in range(WARM_STEPS):
             step()
-        sync(dev)
+        _synchronize(dev)
         start = time.perf_counter()
         for _ in range(TIMED_STEPS):
             step()
-        sync(dev)
+        _synchronize(dev)
         return (time.perf_counter() - start) / TIMED_STEPS
 
     def train_step() -> None:
@@ -77,7 +77,7 @@ def measure_speed(config: Config, size: tuple[int, int], device: str = "auto") -
     return Speed(train_s / batch / mpx, infer_s / batch / mpx, str(dev))
 
 
-def sync(device) -> None:
+def _synchronize(device) -> None:
     import torch
 
     if device.type == "cuda":

@@ -17,6 +17,7 @@ matrices are `OUT/oof/*.npz` (segarena.ablate.infer_arms format).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from segarena.compete.checks import (
     test_images,
 )
 from segarena.compete.page import write_page
-from segarena.compete.plan import CompetePlan, make_plan, plan_lines
+from segarena.compete.plan import CompetePlan, plan_competition, plan_lines
 from segarena.compete.probe import Speed, measure_speed
 from segarena.compete.record import Competition
 from segarena.compete.stages import Stages
@@ -51,6 +52,8 @@ class SubmitOptions:
     size: tuple[int, int] | None = None
 
 
+log = logging.getLogger(__name__)
+
 def default_out(config: Config) -> Path:
     return Path(config.records.out) / config.experiment / "compete"
 
@@ -68,13 +71,14 @@ def compete(
     hooks: TrainHooks | None = None,
     device: str = "auto",
     n_boot: int = 2000,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] | None = None,
 ) -> Competition:
     """Run the playbook (module docstring) and return the finished competition.
 
     Bad input raises UserError before anything is written. `probe(config, size)` measures
     the speed (default: segarena.compete.probe.measure_speed); `hooks` reach into every
     training loop (tests stop a run with them)."""
+    echo = echo or log.info  # the library logs; the CLI passes typer.echo
     started = time.monotonic()
     budget_s = budget_min * 60
     check_split(config)
@@ -87,7 +91,7 @@ def compete(
     if recorded is None:
         facts = data_facts(config, samples, len(items))
         speed = (probe or (lambda c, s: measure_speed(c, s, device)))(config, facts.size)
-        plan = make_plan(facts, speed, budget_s - (time.monotonic() - started))
+        plan = plan_competition(facts, speed, budget_s - (time.monotonic() - started))
         comp = Competition(out, Path(config.records.out))
         comp.record.update(
             identity=ident,
