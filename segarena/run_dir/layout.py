@@ -1,16 +1,7 @@
 """RunDir: the one owner of a run directory's layout and of reading and writing its files.
 
-OUT/<experiment>/<run_id>/
-    config.yaml      the resolved config (every default filled in)
-    folds.csv        the split the run used (a copy of OUT/<experiment>/folds.csv)
-    run.json         run id, experiment, folds to train, debug, MLflow run id, pseudo
-                     folders, weights, and `format` (the layout version below)
-    env.json         versions, git state, device, seed, argv, start time, weights
-    summary.json     written last: pooled and per-fold mIoU, per-class IoU, budget
-    fold_<k>/        best.ckpt, last.ckpt, [ema.ckpt, swa.ckpt, top/epoch_<n>.ckpt],
-                     metrics.jsonl, plan.json, result.json, per_image_cm.npy,
-                     per_image_ids.json, oof/<id>.npy
-    eval_*.json      written by `segarena evaluate`
+The tree of a run directory is drawn once, in ARCHITECTURE.md ("Run-directory contract");
+this class names each of its files.
 
 A run describes itself: evaluate, predict, audit and the reports need only its directory.
 The JSON records read and write as the typed models of segarena.run_dir.schema (RunInfo,
