@@ -32,6 +32,7 @@ from segarena.run_dir.folds import check_same_folds
 from segarena.run_dir.layout import RUN, RunDir
 from segarena.run_dir.per_image import RunMatrices
 from segarena.train.fold import TrainHooks
+from segarena.train.precision import resolve_precision, with_precision
 from segarena.train.run import Folds, Run, resolve_folds
 from segarena.util.files import write_json_atomic
 
@@ -114,6 +115,9 @@ def run_ablation(
     base = plan.config(None, plan.seeds[0])
     out = Path(out if out is not None else base.records.out)
     ablation = Ablation(out, base.experiment, name)
+    # train.precision: auto is chosen once, for every arm: arms must differ only in their change
+    precision = ablation.record.get("precision") or resolve_precision(base)[0].train.precision
+    ablation.record["precision"] = precision
     ablation.start(plan, resolve_folds(base, folds))
     seeds = [str(plan.config(None, s).train.seed) for s in plan.seeds]
 
@@ -124,7 +128,7 @@ def run_ablation(
                 ablation,
                 label,
                 key,
-                plan.config(arm, seed),
+                with_precision(plan.config(arm, seed), precision),
                 folds=folds,
                 hooks=hooks,
             )  # fmt: skip

@@ -44,7 +44,10 @@ def measure_speed(config: Config, size: tuple[int, int], device: str = "auto") -
     batch = max(1, min(config.train.batch_size, 8))
     x = torch.randn(batch, 3, *size, device=dev)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
-    mixed = dev.type == "cuda" and config.train.precision != "32-true"
+    # as training runs: autocast on a GPU for both mixed precisions, on a CPU for bf16
+    mixed = config.train.precision == "bf16-mixed" or (
+        dev.type == "cuda" and config.train.precision == "16-mixed"
+    )
     dtype = torch.bfloat16 if config.train.precision.startswith("bf16") else torch.float16
 
     def timed(step) -> float:

@@ -39,6 +39,7 @@ from segarena.compete.stages import Stages
 from segarena.config import Config
 from segarena.data.readers import read_samples
 from segarena.train.fold import TrainHooks
+from segarena.train.precision import resolve_precision, with_precision
 
 Probe = Callable[[Config, tuple[int, int]], Speed]
 
@@ -89,6 +90,7 @@ def compete(
     ident = identity(config, test_folder)
     recorded = check_out(out, ident, resume)
     if recorded is None:
+        config, _ = resolve_precision(config)  # train.precision: auto, once per competition
         facts = data_facts(config, samples, len(items))
         speed = (probe or (lambda c, s: measure_speed(c, s, device)))(config, facts.size)
         plan = plan_competition(facts, speed, budget_s - (time.monotonic() - started))
@@ -99,6 +101,7 @@ def compete(
             test_images=str(Path(test_folder).resolve()),
             budget_min=budget_min,
             plan=plan.as_dict(),
+            precision=config.train.precision,
         )
         comp.spent_before = time.monotonic() - started  # checks and probe count too
         comp.started = time.monotonic()
@@ -106,6 +109,7 @@ def compete(
     else:
         comp = Competition(out, Path(config.records.out), recorded)
         plan = CompetePlan.from_dict(recorded["plan"])
+        config = with_precision(config, recorded.get("precision", config.train.precision))
         budget_s = recorded["budget_min"] * 60
         if budget_min != recorded["budget_min"]:
             echo(f"resuming with the recorded budget of {recorded['budget_min']:g} min")

@@ -88,7 +88,9 @@ class TrainConfig(Strict):
     batch_size: int = Field(8, ge=1)
     accumulate: int = Field(1, ge=1)  # gradient accumulation steps
     grad_clip: float | None = Field(None, gt=0)  # max gradient norm
-    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
+    # auto: the fastest for this model on this machine (segarena.train.precision), written
+    # into the run's config.yaml as the precision it chose
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "32-true"
     accelerator: str = "auto"
     devices: int | str = 1  # processes per node (GPUs, or CPU processes over gloo)
     # auto: one process, or DDP for several devices; ddp: DistributedDataParallel always;

@@ -104,6 +104,7 @@ class Session:
     resumed: bool
     started: float = field(default_factory=time.perf_counter)
     in_folds: float = 0.0  # this session's seconds inside fit_fold
+    precision_probe: dict | None = None  # train.precision: auto's measurement (env.json)
 
     @property
     def outside_folds(self) -> float:
@@ -154,7 +155,10 @@ def record_start(session: Session, fabric: Fabric) -> Tracker:
     config, run_dir, run_info = session.config, session.run_dir, session.run_info
     weights = weights_record(config.model)
     env = environment(str(fabric.device), config.train.seed)
-    run_dir.write_env({**env, "weights": weights, "processes": fabric.world_size})
+    env.update(weights=weights, processes=fabric.world_size)
+    if session.precision_probe is not None:
+        env["precision_probe"] = session.precision_probe
+    run_dir.write_env(env)
     run_info.weights = weights
     tracker = Tracker.of_run(config, run_dir.path, run_info)  # in the store run.json names
     run_info.mlflow_run_id = tracker.run_id

@@ -36,6 +36,7 @@ from segarena.train.experiment import (
     train_folds,
 )
 from segarena.train.fold import TrainHooks
+from segarena.train.precision import resolve_precision
 from segarena.train.summary import write_summary
 
 Folds = int | Sequence[int] | Literal["all"] | None
@@ -96,10 +97,12 @@ class Run:
         every process gets the same Run."""
         out = Path(out if out is not None else config.records.out)
         folds_to_train = resolve_folds(config, folds)
+        config, probe = resolve_precision(config)  # train.precision: auto, before Fabric
         fabric = start_fabric(config, debug)  # one process per rank from here
         session = from_rank_zero(
             fabric, lambda: new_session(config, out, folds_to_train, debug, force)
         )
+        session.precision_probe = probe
         run = cls(session.run_dir.path)
         run._fabric, run._session = fabric, session
         return run
