@@ -19,7 +19,7 @@ from segarena.train.loop import Learner, StepSettings, train_one_epoch
 from segarena.train.losses import build_loss
 from segarena.train.optim import build_optimizer, build_scheduler
 from segarena.train.parts import mean_std, train_dataset
-from segarena.train.run import train
+from segarena.train.run import fit
 from segarena.train.state import LoopState
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def run_arm(name: str, overrides: list[str], budget_min: float, out: Path) -> di
         RECIPE, [*overrides, "train.epochs=null", f"train.budget_min={budget_min}"]
     )
     start = time.perf_counter()
-    run_dir = train(config, out).path
+    run_dir = fit(config, out).path
     minutes = (time.perf_counter() - start) / 60
     summary = json.loads((run_dir / "summary.json").read_text())
     plan = json.loads((run_dir / "fold_0" / "plan.json").read_text())

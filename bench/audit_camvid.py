@@ -38,7 +38,7 @@ from PIL import Image
 
 from segarena.config import apply_overrides, config_from_dict, expand_env
 from segarena.labels.audit import audit_run
-from segarena.train.run import train
+from segarena.train.run import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 VOID = 11
@@ -129,7 +129,7 @@ def final_miou(data: Path, args, cleanse: dict | None) -> float:
     raw["train"]["epochs"] = args.final_epochs
     if cleanse is not None:
         raw["data"]["cleanse"] = cleanse
-    run_dir = train(config_from_dict(raw, "audit_camvid"), args.out).path
+    run_dir = fit(config_from_dict(raw, "audit_camvid"), args.out).path
     return json.loads((run_dir / "summary.json").read_text())["miou"]
 
 
@@ -157,7 +157,7 @@ def main() -> None:
         sources = [{"images": "train", "masks": "trainannot"}]
         raw = recipe(work, args, "camvid_noise_cv", sources, split)
         raw["train"]["epochs"] = args.epochs
-        cv_run = train(config_from_dict(raw, "audit_camvid"), args.out, folds="all").path
+        cv_run = fit(config_from_dict(raw, "audit_camvid"), args.out, folds="all").path
         audit_dir = cv_run / "audit"
         audit_run(cv_run, audit_dir, top=20)
         found = detection(audit_dir, swapped)

@@ -42,7 +42,7 @@ from segarena.metrics import bootstrap_miou_diff_ci, confusion_matrix, scores
 from segarena.model.pretrained import packaged_file
 from segarena.model.weights import load_encoder_weights
 from segarena.run_dir.per_image import stored_matrices
-from segarena.train.run import train
+from segarena.train.run import fit
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "camvid.yaml"
 CLASSES, IGNORE, HELD_OUT = 11, 11, "0001TP"
@@ -129,7 +129,7 @@ def segarena_arm(root: Path, setting: str, budget_min: float, out: Path, extra: 
         f"train.budget_min={budget_min}", "train.val_every=1000", *split, *extra,
     ]  # fmt: skip
     start = time.perf_counter()
-    run_dir = train(load_config(RECIPE, overrides), out).path
+    run_dir = fit(load_config(RECIPE, overrides), out).path
     minutes = (time.perf_counter() - start) / 60
     summary = json.loads((run_dir / "summary.json").read_text())
     matrices = stored_matrices(run_dir)

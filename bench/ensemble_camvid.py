@@ -31,7 +31,7 @@ from segarena.config import expand_env, load_config
 from segarena.infer.ensemble import EnsembleSpec
 from segarena.infer.evaluate import evaluate_ensemble
 from segarena.infer.tune_weights import tune_weights
-from segarena.train.run import train
+from segarena.train.run import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 FLIP = {"tta": "hflip"}
@@ -53,7 +53,7 @@ def train_runs(args) -> list[Path]:
     runs = []
     for arm in arms:
         config = load_config(ROOT / "configs" / "camvid.yaml", base + arm)
-        runs.append(train(config, args.out, folds="all").path)
+        runs.append(fit(config, args.out, folds="all").path)
     return runs
 
 

@@ -13,12 +13,11 @@ is fast on CPUs with AVX512-BF16/AMX and much slower than float32 on CPUs withou
 from __future__ import annotations
 
 import argparse
-import contextlib
-import time
 
 import segmentation_models_pytorch as smp
 import torch
-import torch.nn.functional as F
+
+from segarena.train.precision import step_seconds
 
 
 def settings():
@@ -27,24 +26,10 @@ def settings():
             yield precision, channels_last
 
 
-def step_time(model, optimizer, images, masks, precision, channels_last, device) -> float:
+def step_time(model, optimizer, images, masks, precision, channels_last) -> float:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=fmt)
-    images = images.contiguous(memory_format=fmt)
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if precision == "bf16-mixed"
-        else contextlib.nullcontext()
-    )
-    start = time.perf_counter()
-    with autocast:
-        loss = F.cross_entropy(model(images).float(), masks)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return step_seconds(model, optimizer, images.contiguous(memory_format=fmt), masks, precision)
 
 
 def main() -> None:
@@ -62,10 +47,10 @@ def main() -> None:
     masks = torch.randint(0, 12, (args.batch, height, width), device=device)
     times: dict[tuple, list[float]] = {s: [] for s in settings()}
     for s in settings():  # warm-up, untimed
-        step_time(model, optimizer, images, masks, *s, device)
+        step_time(model, optimizer, images, masks, *s)
     for _ in range(args.steps):  # alternate settings within each round
         for s in settings():
-            times[s].append(step_time(model, optimizer, images, masks, *s, device))
+            times[s].append(step_time(model, optimizer, images, masks, *s))
     speed = {s: args.batch / (sum(t) / len(t)) for s, t in times.items()}
     threads = torch.get_num_threads()
     print(f"device: {device}, {threads} threads, {height}x{width}, batch {args.batch}")

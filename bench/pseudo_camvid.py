@@ -36,7 +36,7 @@ from PIL import Image
 from segarena.config import apply_overrides, config_from_dict, expand_env
 from segarena.infer.ensemble import EnsembleSpec
 from segarena.labels.pseudo import write_pseudo_labels
-from segarena.train.run import train
+from segarena.train.run import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 VOID = 11
@@ -143,7 +143,7 @@ def main() -> None:
         # folds.csv is per experiment: another --limit is another set of ids
         experiment = "camvid_pseudo" + (f"_limit{args.limit}" if args.limit else "")
         raw = recipe(work, args, experiment)
-        run_a = train(config_from_dict(raw, "pseudo_camvid"), args.out).path
+        run_a = fit(config_from_dict(raw, "pseudo_camvid"), args.out).path
         pseudo_dir = args.out / "pseudo" / run_a.name
         spec = EnsembleSpec((run_a,), overrides={"tta": args.tta}, device=args.device)
         manifest = write_pseudo_labels(
@@ -151,7 +151,7 @@ def main() -> None:
         )
         accuracy = pseudo_accuracy(manifest, pseudo_dir, source / "valannot")
         raw["data"]["pseudo"] = [str(pseudo_dir.resolve())]
-        run_b = train(config_from_dict(raw, "pseudo_camvid"), args.out).path
+        run_b = fit(config_from_dict(raw, "pseudo_camvid"), args.out).path
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

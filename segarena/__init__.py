@@ -4,8 +4,8 @@ The Python API (the `segarena` command is a thin layer over it):
 
     import segarena as sa
     cfg = sa.load_config("exp.yaml", overrides={"train.epochs": 5})
-    run = sa.train(cfg, out="runs", folds=[0])            # sa.Run.create(...).fit()
-    runs = sa.train_seeds(cfg, seeds=[0, 1], out="runs")  # a seed ensemble
+    run = sa.fit(cfg, out="runs", folds=[0])            # sa.Run.create(...).fit()
+    runs = sa.fit_seeds(cfg, seeds=[0, 1], out="runs")  # a seed ensemble
     run = sa.Run.open("runs/exp/20261205-101515")
     scores = sa.evaluate([run], images="test/", masks="testannot/", tta="hflip")
     probs = sa.Predictor([run], tta="hflip").probs(image)
@@ -30,8 +30,10 @@ _EXPORTS = {
     "Config": "segarena.config",
     "load_config": "segarena.config",
     "Run": "segarena.train.run",
-    "train": "segarena.train.run",
-    "train_seeds": "segarena.train.run",
+    # `fit`, not `train`: segarena.train is the training package, and importing it sets the
+    # package's attribute `train`, which would hide a function of that name
+    "fit": "segarena.train.run",
+    "fit_seeds": "segarena.train.run",
     "resume": "segarena.train.run",
     "TrainHooks": "segarena.train.fold",
     "evaluate": "segarena.infer.api",
@@ -42,7 +44,7 @@ _EXPORTS = {
 }
 __all__ = [  # the same names as _EXPORTS, spelt out for linters and `from segarena import *`
     "Config", "Predictor", "Run", "Scores", "TrainHooks", "TrainingError", "UserError",
-    "evaluate", "load_config", "resume", "train", "train_seeds",
+    "evaluate", "fit", "fit_seeds", "load_config", "resume",
 ]  # fmt: skip
 
 if TYPE_CHECKING:
@@ -50,7 +52,7 @@ if TYPE_CHECKING:
     from segarena.errors import TrainingError, UserError
     from segarena.infer.api import Predictor, Scores, evaluate
     from segarena.train.fold import TrainHooks
-    from segarena.train.run import Run, resume, train, train_seeds
+    from segarena.train.run import Run, fit, fit_seeds, resume
 
 
 def __getattr__(name: str) -> Any:

@@ -23,8 +23,15 @@ def project(tmp_path_factory):
     data = make_mask_folder(root / "data", n=8)
     path = write_config(root / "exp.yaml", tiny_config(data, root / "runs", train={"epochs": 1}))
     config = sa.load_config(path, overrides={"train.batch_size": 2, "model.encoder": "resnet18"})
-    run = sa.train(config, out=root / "runs", folds=[0])
+    run = sa.fit(config, out=root / "runs", folds=[0])
     return root, data, path, run
+
+
+def test_fit_stays_the_function_after_the_train_package_is_imported():
+    import segarena.train.fold  # noqa: F401  (binds the package as segarena's `train`)
+
+    assert callable(sa.fit) and sa.fit.__module__ == "segarena.train.run"
+    assert sa.train.__name__ == "segarena.train"  # the package keeps its own name
 
 
 def test_import_is_light_and_names_are_public():
@@ -46,7 +53,7 @@ def test_load_config_overrides_from_a_mapping_are_typed_and_checked(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_returns_a_finished_run_that_opens_with_its_records(project):
+def test_fit_returns_a_finished_run_that_opens_with_its_records(project):
     root, _, _, run = project
     assert isinstance(run, sa.Run) and run.finished
     summary = json.loads((run.path / "summary.json").read_text())
@@ -69,14 +76,14 @@ def test_create_makes_the_run_directory_before_fit_trains_it(project, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_seeds_trains_one_run_per_seed(project, tmp_path):
+def test_fit_seeds_trains_one_run_per_seed(project, tmp_path):
     _, _, path, _ = project
     config = sa.load_config(path, overrides={"train.epochs": 1})
-    runs = sa.train_seeds(config, seeds=[3, 4], out=tmp_path / "runs")
+    runs = sa.fit_seeds(config, seeds=[3, 4], out=tmp_path / "runs")
     assert [r.config.train.seed for r in runs] == [3, 4]
     assert len({r.path for r in runs}) == 2 and all(r.finished for r in runs)
     with pytest.raises(sa.UserError, match="distinct integers"):
-        sa.train_seeds(config, seeds=[1, 1], out=tmp_path / "runs")
+        sa.fit_seeds(config, seeds=[1, 1], out=tmp_path / "runs")
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from segarena.model.build import unwrap
 from segarena.run_dir.checkpoints import CHECKPOINT_KINDS, fold_checkpoints, load_checkpoint
 from segarena.train.debug import debug_config
 from segarena.train.fold import TrainHooks
-from segarena.train.run import resume, train
+from segarena.train.run import fit, resume
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,7 +61,7 @@ def test_ema_is_the_moving_average_of_every_update(tmp_path, warmup):
         on_update=lambda learner: weights.append(snapshot(learner.model)),
         on_epoch_end=lambda record, learner: epoch_ends.append(len(weights) - 1),
     )
-    run_dir = train(config, tmp_path / "runs", hooks=hooks).path
+    run_dir = fit(config, tmp_path / "runs", hooks=hooks).path
 
     assert epoch_ends == [3, 6]  # 6 images, batches of 2
     ema = {k: v.clone() for k, v in weights[0].items()}
@@ -100,7 +100,7 @@ def test_swa_averages_epoch_ends_and_recomputes_bn(tmp_path):
     hooks = TrainHooks(
         on_epoch_end=lambda record, learner: epoch_end_weights.append(snapshot(learner.model))
     )
-    run_dir = train(config, tmp_path / "runs", hooks=hooks).path
+    run_dir = fit(config, tmp_path / "runs", hooks=hooks).path
 
     fold_dir = run_dir / "fold_0"
     averaged = load_checkpoint(fold_dir / "swa.ckpt")
@@ -147,7 +147,7 @@ def test_killed_run_resumes_to_the_same_averages(tmp_path, monkeypatch):
         save_top_k=2,
         swa={"start_epoch": 2, "lr": 5e-4, "anneal_epochs": 2, "anneal_strategy": "linear"},
     )
-    straight = train(config, tmp_path / "runs").path
+    straight = fit(config, tmp_path / "runs").path
 
     # Killed in epoch 3 after validation (top/ may already hold it) but before last.ckpt,
     # with SWALR half-way through its annealing.
@@ -156,7 +156,7 @@ def test_killed_run_resumes_to_the_same_averages(tmp_path, monkeypatch):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "runs2", hooks=TrainHooks(on_epoch_end=killed_saving_epoch_three))
+        fit(config, tmp_path / "runs2", hooks=TrainHooks(on_epoch_end=killed_saving_epoch_three))
     killed = next(p for p in (tmp_path / "runs2" / "tiny").iterdir() if p.is_dir())
     assert load_checkpoint(killed / "fold_0" / "last.ckpt")["state"]["epoch"] == 2
 
@@ -195,7 +195,7 @@ def test_killed_run_resumes_to_the_same_averages(tmp_path, monkeypatch):
 def test_top_k_keeps_the_k_best_epochs_as_an_epoch_ensemble(tmp_path):
     data = make_mask_folder(tmp_path / "data", n=8)
     raw = tiny_config(data, tmp_path / "runs", train={"epochs": 4, "save_top_k": 2})
-    run_dir = train(config_from_dict(raw), tmp_path / "runs", folds="all").path
+    run_dir = fit(config_from_dict(raw), tmp_path / "runs", folds="all").path
 
     for fold in (0, 1):
         records = history(run_dir, fold)
@@ -228,7 +228,7 @@ def test_top_k_keeps_the_k_best_epochs_as_an_epoch_ensemble(tmp_path):
 @pytest.mark.slow  # trains
 def test_save_top_k_one_writes_no_top_folder(tmp_path):
     config = holdout_config(tmp_path, epochs=2)
-    run_dir = train(config, tmp_path / "runs").path
+    run_dir = fit(config, tmp_path / "runs").path
     assert not (run_dir / "fold_0" / "top").exists()
     with pytest.raises(UserError, match=r"train\.save_top_k >= 2"):
         fold_checkpoints(run_dir, "top")
@@ -241,7 +241,7 @@ def test_early_stop_before_swa_starts_leaves_no_swa_checkpoint(tmp_path, caplog)
     # frozen weights: val mIoU stops improving after epoch 1
     swa = {"start_epoch": 5}
     raw = frozen_config(data, tmp_path / "runs", epochs=10, early_stopping=2, swa=swa)
-    run_dir = train(config_from_dict(raw), tmp_path / "runs").path
+    run_dir = fit(config_from_dict(raw), tmp_path / "runs").path
     assert len(history(run_dir)) == 3
     assert "stopped at epoch 3, before swa.start_epoch=5; no swa.ckpt" in caplog.text
     assert not (run_dir / "fold_0" / "swa.ckpt").exists()

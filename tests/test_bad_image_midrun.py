@@ -19,7 +19,7 @@ from synthetic import corrupt_pixels, make_mask_folder, tiny_config
 from segarena.config import load_config
 from segarena.train import parts
 from segarena.train.fold import FoldTrainer, TrainHooks
-from segarena.train.run import resume, train
+from segarena.train.run import fit, resume
 
 pytestmark = pytest.mark.slow  # every test trains
 
@@ -148,7 +148,7 @@ def test_a_resumed_run_still_lists_what_it_skipped_before_the_kill(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(skip, tmp_path / "runs", hooks=TrainHooks(on_epoch_start=hook))
+        fit(skip, tmp_path / "runs", hooks=TrainHooks(on_epoch_start=hook))
     run_dir = only_run_dir(tmp_path / "runs")
     broken["path"].write_bytes(broken["bytes"])  # repaired before the resume
     resume(run_dir)

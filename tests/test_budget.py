@@ -13,7 +13,7 @@ from segarena.config import config_from_dict, dump_config, load_config
 from segarena.errors import UserError
 from segarena.train.budget import Plan, choose_epochs, replan, validations
 from segarena.train.fold import TrainHooks
-from segarena.train.run import resume, train
+from segarena.train.run import fit, resume
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -86,12 +86,14 @@ def test_a_budget_below_one_epoch_exits_2_and_leaves_no_run(tmp_path):
     result = run_cli("train", path)
     assert result.exit_code == 2, result.output
     assert "one epoch takes about" in result.output and "at least" in result.output
-    assert [p.name for p in (tmp_path / "runs" / "tiny").iterdir()] == ["folds.csv"]
+    assert [p.name for p in (tmp_path / "runs" / "tiny").iterdir() if p.suffix != ".lock"] == [
+        "folds.csv"
+    ]
 
 
 @pytest.mark.slow  # trains for its 9 s budget
 def test_budget_run_plans_epochs_fits_the_schedule_and_records_time(tmp_path):
-    run_dir = train(config_from_dict(_budget_config(tmp_path, 0.15)), tmp_path / "runs").path
+    run_dir = fit(config_from_dict(_budget_config(tmp_path, 0.15)), tmp_path / "runs").path
     plan = json.loads((run_dir / "fold_0" / "plan.json").read_text())
     records = history(run_dir)
     assert plan["epochs"] >= 2 and len(records) == plan["epochs"]
@@ -114,7 +116,7 @@ def test_a_killed_budget_run_resumes_with_its_plan(tmp_path):
 
     hooks = TrainHooks(on_epoch_start=killed_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "runs", hooks=hooks)
+        fit(config, tmp_path / "runs", hooks=hooks)
     run_dir = next(p for p in (tmp_path / "runs" / "tiny").iterdir() if p.is_dir())
     plan_file = run_dir / "fold_0" / "plan.json"
     before = json.loads(plan_file.read_text())
@@ -134,5 +136,7 @@ def test_swa_start_after_the_budgeted_epochs_is_a_user_error(tmp_path):
     raw = _budget_config(tmp_path, 0.15)
     raw["train"]["swa"] = {"start_epoch": 500}
     with pytest.raises(UserError, match="swa.start_epoch=500.*budget fits only"):
-        train(config_from_dict(raw), tmp_path / "runs")
-    assert [p.name for p in (tmp_path / "runs" / "tiny").iterdir()] == ["folds.csv"]
+        fit(config_from_dict(raw), tmp_path / "runs")
+    assert [p.name for p in (tmp_path / "runs" / "tiny").iterdir() if p.suffix != ".lock"] == [
+        "folds.csv"
+    ]

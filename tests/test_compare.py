@@ -158,12 +158,12 @@ def test_bad_input_exits_2_naming_the_path(tmp_path, data):
 @pytest.mark.slow  # trains
 def test_trained_runs_save_per_image_matrices_and_compare(tmp_path):
     from segarena.config import config_from_dict
-    from segarena.train.run import train
+    from segarena.train.run import fit
 
     data = make_mask_folder(tmp_path / "data", n=8, size=32)
     out = tmp_path / "runs"
     config = config_from_dict(tiny_config(data, out, train={"epochs": 1}))
-    run_dir = train(config, out, folds="all").path
+    run_dir = fit(config, out, folds="all").path
     for k in (0, 1):
         fold_dir = run_dir / f"fold_{k}"
         cms = np.load(fold_dir / "per_image_cm.npy")

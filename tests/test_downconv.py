@@ -18,7 +18,7 @@ from segarena.errors import UserError
 from segarena.model.build import build_model, forward_logits, model_divisor
 from segarena.model.downconv import DownconvNet
 from segarena.run_dir.checkpoints import load_checkpoint, save_atomic
-from segarena.train.run import train
+from segarena.train.run import fit
 
 CLASSES = 3
 TINY = {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}
@@ -127,7 +127,7 @@ def test_fit_trains_downconv_on_tiles_with_class_balanced_sampling(tmp_path):
         train={"epochs": 1, "batch_size": 4, "seed": 0, "sampler": {"name": "class_balanced"}},
     )
     config = config_from_dict(raw)
-    run_dir = train(config, tmp_path / "runs").path
+    run_dir = fit(config, tmp_path / "runs").path
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [f["fold"] for f in summary["folds"]] == [0]
     model = build_model(config.model, config.data.num_classes)

@@ -19,7 +19,7 @@ from segarena.config import LossConfig, MixingConfig, config_from_dict
 from segarena.data.mixing import BatchMixer, MixupTargets, build_mixer
 from segarena.errors import UserError
 from segarena.train.losses import build_loss
-from segarena.train.run import train
+from segarena.train.run import fit
 
 N, SIZE, CLASSES, IGNORE = 8, 32, 4, 255
 
@@ -259,6 +259,6 @@ def test_training_with_presets_and_mixing_is_reproducible(tmp_path):
     )
     losses = []
     for out in ("a", "b"):
-        run_dir = train(config_from_dict(raw), tmp_path / out).path
+        run_dir = fit(config_from_dict(raw), tmp_path / out).path
         losses.append([r["train_loss"] for r in history(run_dir)])
     assert losses[0] == losses[1] and all(np.isfinite(losses[0]))

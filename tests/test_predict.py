@@ -20,7 +20,7 @@ from segarena.infer.ensemble import Ensemble, EnsembleSpec, member_probs
 from segarena.model.build import build_model
 from segarena.run_dir.checkpoints import load_checkpoint
 from segarena.submission.codecs import read_submission
-from segarena.train.run import train
+from segarena.train.run import fit
 
 pytestmark = pytest.mark.slow  # the module's runs are trained; every test runs the CLI or them
 
@@ -41,8 +41,8 @@ def runs(tmp_path_factory):
         model={**native["model"], "kwargs": {"encoder_depth": 3, "decoder_channels": [16, 8, 8]}},
     )
     resized["experiment"] = "resized"
-    run_a = train(config_from_dict(native), root / "runs", folds=0).path
-    run_b = train(config_from_dict(resized), root / "runs", folds=0).path
+    run_a = fit(config_from_dict(native), root / "runs", folds=0).path
+    run_b = fit(config_from_dict(resized), root / "runs", folds=0).path
     images = root / "test"
     rng = np.random.default_rng(5)
     for image_id in TEST_IDS:

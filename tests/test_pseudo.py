@@ -18,7 +18,7 @@ from segarena.data.folds import read_folds
 from segarena.data.readers import load_image, load_mask, read_samples
 from segarena.infer.ensemble import Ensemble, EnsembleSpec
 from segarena.train.experiment import fold_data
-from segarena.train.run import train
+from segarena.train.run import fit
 
 pytestmark = pytest.mark.slow  # the module's runs are trained and `segarena pseudo` runs on them
 
@@ -46,7 +46,7 @@ def rounds(tmp_path_factory, one_thread):
     data = make_mask_folder(root / "data", n=8)
     raw = tiny_config(data, root / "runs")
     raw["data"]["image_size"] = [64, 64]  # the pool's 48x80 image trains resized
-    run_a = train(config_from_dict(raw), root / "runs", folds=0).path
+    run_a = fit(config_from_dict(raw), root / "runs", folds=0).path
     pool = root / "pool"
     rng = np.random.default_rng(7)
     for image_id, (h, w) in POOL.items():

@@ -35,13 +35,13 @@ PNG = re.compile(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory):
     """A trained two-fold run with its report, and the EDA page of its data."""
-    from segarena.train.run import train
+    from segarena.train.run import fit
 
     root = tmp_path_factory.mktemp("pages")
     data = make_mask_folder(root / "data", n=12, size=32)
     out = root / "runs"
     config = tiny_config(data, out, train={"epochs": 2})
-    run_dir = train(config_from_dict(config), out, folds="all").path
+    run_dir = fit(config_from_dict(config), out, folds="all").path
     (root / "c.yaml").write_text(yaml.safe_dump(config))
     result = run_cli("report", run_dir, "--examples", "2")
     assert result.exit_code == 0, result.output

@@ -16,7 +16,7 @@ from synthetic import make_mask_folder, tiny_config
 from segarena.config import config_from_dict
 from segarena.errors import TrainingError
 from segarena.train.fold import TrainHooks
-from segarena.train.run import resume, train
+from segarena.train.run import fit, resume
 
 pytestmark = pytest.mark.slow  # every test trains
 
@@ -35,14 +35,14 @@ def test_resume_after_a_kill_gives_the_same_metrics(tmp_path):
             scheduler={"name": "cosine", "warmup_epochs": 1},
         )
     )
-    straight = train(config, tmp_path / "runs").path
+    straight = fit(config, tmp_path / "runs").path
 
     def killed_in_epoch_two(epoch, learner):
         if epoch == 2:
             raise KeyboardInterrupt  # what Ctrl-C or a pre-emption does mid-run
 
     with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "runs2", hooks=TrainHooks(on_epoch_start=killed_in_epoch_two))
+        fit(config, tmp_path / "runs2", hooks=TrainHooks(on_epoch_start=killed_in_epoch_two))
     killed = next(p for p in (tmp_path / "runs2" / "tiny").iterdir() if p.is_dir())
     assert not (killed / "summary.json").exists()
     assert [r["epoch"] for r in history(killed)] == [1]
@@ -69,11 +69,11 @@ def test_same_seed_same_run_with_dataloader_workers(tmp_path):
         },
     )
     raw["data"]["num_workers"] = 2
-    first = train(config_from_dict(raw), tmp_path / "a").path
-    second = train(config_from_dict(raw), tmp_path / "b").path
+    first = fit(config_from_dict(raw), tmp_path / "a").path
+    second = fit(config_from_dict(raw), tmp_path / "b").path
     assert history(first, keys=STABLE) == history(second, keys=STABLE)
     raw["train"]["seed"] = 1
-    other = train(config_from_dict(raw), tmp_path / "c").path
+    other = fit(config_from_dict(raw), tmp_path / "c").path
     assert history(other, keys=STABLE) != history(first, keys=STABLE)
 
 
@@ -95,7 +95,7 @@ def test_non_finite_loss_names_epoch_and_step(tmp_path):
         learner.loss_fn = forward
 
     with pytest.raises(TrainingError, match=r"epoch 1, step 2"):
-        train(config, tmp_path / "runs", hooks=TrainHooks(on_epoch_start=nan_at_step_two))
+        fit(config, tmp_path / "runs", hooks=TrainHooks(on_epoch_start=nan_at_step_two))
 
 
 def test_sigterm_stops_resumably_and_says_how_to_resume(tmp_path):

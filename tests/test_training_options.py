@@ -11,7 +11,7 @@ from synthetic import frozen_config, make_mask_folder, tiny_config
 
 from segarena.config import config_from_dict, load_config
 from segarena.errors import UserError
-from segarena.train.run import train
+from segarena.train.run import fit
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -35,7 +35,7 @@ def test_camvid_recipe_falls_back_to_shared_data(monkeypatch):
 def test_early_stopping_ends_the_run_after_patience(tmp_path):
     data = make_mask_folder(tmp_path / "data", n=8)
     raw = frozen_config(data, tmp_path / "runs", epochs=10, early_stopping=2)
-    run_dir = train(config_from_dict(raw), tmp_path / "runs").path
+    run_dir = fit(config_from_dict(raw), tmp_path / "runs").path
     assert [r["epoch"] for r in history(run_dir)] == [1, 2, 3]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["folds"][0]["epochs"] == 3 and summary["folds"][0]["best_epoch"] == 1
@@ -50,7 +50,7 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
         split={"method": "holdout"},
         train={"epochs": 1, "precision": "bf16-mixed"},
     )
-    run_dir = train(config_from_dict(raw), tmp_path / "runs").path
+    run_dir = fit(config_from_dict(raw), tmp_path / "runs").path
     record = history(run_dir)[0]
     assert record["train_loss"] == record["train_loss"]  # not NaN
     env = json.loads((run_dir / "env.json").read_text())
@@ -66,7 +66,7 @@ def test_gradient_accumulation_counts_updates(tmp_path):
         split={"method": "holdout", "val_ratio": 0.34},
         train={"epochs": 1, "batch_size": 2, "accumulate": 2},
     )
-    run_dir = train(config_from_dict(raw), tmp_path / "runs").path
+    run_dir = fit(config_from_dict(raw), tmp_path / "runs").path
     from segarena.run_dir.checkpoints import load_checkpoint
 
     state = load_checkpoint(run_dir / "fold_0" / "last.ckpt")["state"]
@@ -80,4 +80,4 @@ def test_unknown_accelerator_is_a_user_error(tmp_path):
         data, tmp_path / "runs", split={"method": "holdout"}, train={"accelerator": "tpu-please"}
     )
     with pytest.raises(UserError, match="tpu-please"):
-        train(config_from_dict(raw), tmp_path / "runs")
+        fit(config_from_dict(raw), tmp_path / "runs")

@@ -12,6 +12,7 @@ ablation folder (`infer_<arm>_seed<N>.npz`): a rerun of the ablation reuses them
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +36,22 @@ def score_checkpoints(
     each fold on its own validation images; and the seconds it took."""
     started = time.perf_counter()
     run = RunDir(run_dir)
+    spec = EnsembleSpec((Path(run_dir),), checkpoint=checkpoint, overrides=overrides, device=device)
+    matrices = fold_matrices(run, lambda k: spec.with_folds([k]))
+    return matrices, time.perf_counter() - started
+
+
+def fold_matrices(run: RunDir, spec_of_fold: Callable[[int], EnsembleSpec]) -> RunMatrices:
+    """Per-image matrices of each of `run`'s folds k, its validation images scored by the
+    ensemble `spec_of_fold(k)` names (out of fold, as training validated them)."""
     config = run.config()
     samples, folds = run.samples_and_folds(config)
-    spec = EnsembleSpec((Path(run_dir),), checkpoint=checkpoint, overrides=overrides, device=device)
     classes, ignore = config.data.num_classes, config.data.ignore_index
     ids, fold_of, cms = [], [], []
     for k in sorted(run.info().folds):
         _, val_idx = fold_indices(folds, k)
-        ensemble = Ensemble.from_spec(spec.with_folds([k]))
+        spec = spec_of_fold(k)
+        ensemble = Ensemble.from_spec(spec)
         labelled = (
             (samples[i].id, load_image(samples[i].image_path), mask_tensor(samples[i]))
             for i in val_idx
@@ -55,8 +64,7 @@ def score_checkpoints(
                 ids.append(sample_id)
                 fold_of.append(k)
                 cms.append(cm.numpy())
-    matrices = RunMatrices(ids, fold_of, np.stack(cms).astype(np.int64), "infer")
-    return matrices, time.perf_counter() - started
+    return RunMatrices(ids, fold_of, np.stack(cms).astype(np.int64), "infer")
 
 
 def mask_tensor(sample) -> torch.Tensor:

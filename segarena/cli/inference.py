@@ -18,6 +18,7 @@ from segarena.cli.common import (
     WindowOption,
     friendly_errors,
 )
+from segarena.errors import UserError
 
 CheckpointOption = typer.Option(
     "best", "--checkpoint", help="best, last, ema, swa, or top (every kept top-k epoch)."
@@ -71,6 +72,8 @@ def evaluate(
     from segarena.infer.evaluate import evaluate_ensemble
 
     spec = ensemble_spec(run_dirs, locals()).with_folds(None if fold is None else [fold])
+    if (images is None) != (masks is None):
+        raise UserError("--images and --masks go together: a labelled folder needs both")
     result = evaluate_ensemble(spec, split, images=images, masks=masks, workers=workers)
     per_fold = ", ".join(f"{f['fold']}: {f['miou']:.4f}" for f in result["folds"])
     typer.echo(f"{result['split']} mIoU {result['miou']:.4f} (folds {per_fold})")

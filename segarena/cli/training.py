@@ -33,9 +33,8 @@ def train(
     signal.signal(signal.SIGTERM, _stop)
     from segarena.config import load_config
     from segarena.train.distributed import is_rank_zero
+    from segarena.train.run import fit, fit_seeds
     from segarena.train.run import resume as resume_run
-    from segarena.train.run import train as train_run
-    from segarena.train.run import train_seeds
 
     if folds not in (None, "all"):
         raise UserError(f"--folds {folds!r}: expected 'all' (use --fold N for one fold)")
@@ -53,10 +52,10 @@ def train(
     cfg = load_config(config, overrides)
     chosen = "all" if folds == "all" else check_fold(cfg, fold)
     if seeds is None:
-        run = train_run(cfg, out, folds=chosen, debug=debug, force=force)
+        run = fit(cfg, out, folds=chosen, debug=debug, force=force)
         _print_summary(run.path)
         return
-    runs = train_seeds(cfg, parse_seeds(seeds), out, folds=chosen, debug=debug, force=force)
+    runs = fit_seeds(cfg, parse_seeds(seeds), out, folds=chosen, debug=debug, force=force)
     for run in runs:
         _print_summary(run.path)
     if is_rank_zero():  # the other processes of a job (train.devices) stay quiet

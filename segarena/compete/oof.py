@@ -20,15 +20,17 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from segarena.ablate.infer_arms import load_matrices, mask_tensor, save_matrices, score_checkpoints
+from segarena.ablate.infer_arms import (
+    fold_matrices,
+    load_matrices,
+    save_matrices,
+    score_checkpoints,
+)
 from segarena.ablate.stats import gain_interval, paired, pooled_miou
-from segarena.data.folds import fold_indices
-from segarena.data.readers import load_image, load_mask
-from segarena.infer.ensemble import Ensemble, EnsembleSpec
-from segarena.infer.images import same_size_batches
-from segarena.metrics import confusion_matrix
+from segarena.data.readers import load_mask
+from segarena.infer.ensemble import EnsembleSpec
+from segarena.infer.tune_weights import oof_probs
 from segarena.run_dir.layout import RunDir
 from segarena.run_dir.per_image import RunMatrices, oof_paths, run_matrices, samples_by_oof_name
 
@@ -64,28 +66,12 @@ def ensemble_matrices(choice: dict[str, Any], device: str) -> RunMatrices:
     """score_checkpoints for an ensemble of runs of one folds.csv: fold k's images scored
     by the fold-k models of every run, weighted by choice["fold_weights"][k] when given
     (cross-fitted: tuned without fold k's images) else by choice["weights"]."""
-    first = RunDir(choice["runs"][0])
-    config = first.config()
-    samples, folds = first.samples_and_folds(config)
-    classes, ignore = config.data.num_classes, config.data.ignore_index
-    ids, fold_of, cms = [], [], []
-    for k in sorted(first.info().folds):
+
+    def spec_of_fold(k: int):
         fold_weights = (choice.get("fold_weights") or {}).get(str(k))
-        spec = choice_spec(choice, device, fold_weights).with_folds([k])
-        ensemble = Ensemble.from_spec(spec)
-        _, val_idx = fold_indices(folds, k)
-        labelled = (
-            (samples[i].id, load_image(samples[i].image_path), mask_tensor(samples[i]))
-            for i in val_idx
-        )
-        for batch in same_size_batches(labelled, spec.batch_size, lambda item: item[1]):
-            batch_ids, images, masks = zip(*batch)
-            labels = ensemble.batch_probs(images, tuple(masks[0].shape)).argmax(1)
-            for sample_id, label, mask in zip(batch_ids, labels, masks):
-                ids.append(sample_id)
-                fold_of.append(k)
-                cms.append(confusion_matrix(label, mask, classes, ignore).numpy())
-    return RunMatrices(ids, fold_of, np.stack(cms).astype(np.int64), "infer")
+        return choice_spec(choice, device, fold_weights).with_folds([k])
+
+    return fold_matrices(RunDir(choice["runs"][0]), spec_of_fold)
 
 
 def cached_matrices(path: Path, choice: dict[str, Any], device: str) -> RunMatrices:
@@ -133,7 +119,7 @@ def choose_threshold(run_dir: Path) -> dict[str, Any]:
     total = 0
     for name, (_, path) in oof_paths(run_dir).items():
         mask = torch.from_numpy(load_mask(samples[name]).astype(np.int64))
-        top, label = _oof_probs(path, tuple(mask.shape)).max(0)
+        top, label = oof_probs(path, tuple(mask.shape)).max(0)
         valid = mask != ignore
         total += int(valid.sum())
         correct = (label == mask) & valid
@@ -156,13 +142,3 @@ def choose_threshold(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def _oof_probs(path: Path, size: tuple[int, int]) -> torch.Tensor:
-    """Stored OOF probabilities [C, *size] in [0, 1] (uint8 files hold p x 255), upsampled
-    bilinearly to the mask's size as training scores them."""
-    array = np.load(path)
-    probs = torch.from_numpy(array.astype(np.float32))
-    if array.dtype == np.uint8:
-        probs /= 255.0
-    if tuple(probs.shape[-2:]) != size:
-        probs = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
-    return probs

@@ -142,7 +142,7 @@ def tune_weights(run_dirs: Sequence[Path], steps: int = 10) -> dict[str, Any]:
         if sample is None:
             raise UserError(f"{member_paths[0]}: no sample of the run's dataset has this id")
         target = torch.from_numpy(load_mask(sample).astype(np.int64))
-        probs = torch.stack([_probs_at(p, tuple(target.shape)) for p in member_paths])
+        probs = torch.stack([oof_probs(p, tuple(target.shape)) for p in member_paths])
         cms = candidate_matrices(grid, probs, target, config.data.ignore_index)
         per_fold[:, fold_ids.index(fold)] += cms
     pooled = per_fold.sum(1)
@@ -169,7 +169,7 @@ def tune_weights(run_dirs: Sequence[Path], steps: int = 10) -> dict[str, Any]:
     }
 
 
-def _probs_at(path: Path, size: tuple[int, int]) -> torch.Tensor:
+def oof_probs(path: Path, size: tuple[int, int]) -> torch.Tensor:
     """Stored OOF probabilities [C, *size] as float32 in [0, 1] (uint8 files hold p * 255)."""
     array = np.load(path)
     probs = torch.from_numpy(array.astype(np.float32))

@@ -87,21 +87,29 @@ def probe_cpu(config: Config, batch: int = 1) -> dict[str, float]:
     masks = torch.randint(0, config.data.num_classes, (batch, height, width))
 
     def step(precision: str) -> float:
-        autocast = (
-            torch.autocast("cpu", dtype=torch.bfloat16)
-            if precision == "bf16-mixed"
-            else contextlib.nullcontext()
-        )
-        start = time.perf_counter()
-        with autocast:
-            loss = F.cross_entropy(model(images).float(), masks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return time.perf_counter() - start
+        return step_seconds(model, optimizer, images, masks, precision)
 
     step("32-true")
     fp32 = step("32-true")
     warm = step("bf16-mixed")
     bf16 = warm if warm > 4 * fp32 else step("bf16-mixed")
     return {"32-true": batch / fp32, "bf16-mixed": batch / bf16}
+
+
+def step_seconds(model, optimizer, images, masks, precision: str) -> float:
+    """Seconds of one training step (forward, CE loss, backward, update) under `precision`
+    (32-true, or bf16-mixed autocast on the inputs' device)."""
+    autocast = (
+        torch.autocast(images.device.type, dtype=torch.bfloat16)
+        if precision == "bf16-mixed"
+        else contextlib.nullcontext()
+    )
+    start = time.perf_counter()
+    with autocast:
+        loss = F.cross_entropy(model(images).float(), masks)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if images.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start

@@ -6,7 +6,7 @@
 
 Creating and fitting are separate steps so that a caller (an ablation, `compete`) knows
 its run directory before the first epoch: a run killed during training is then found by
-its path, not by searching the experiment folder. `train` and `train_seeds` are the
+its path, not by searching the experiment folder. `fit` and `fit_seeds` are the
 one-call forms.
 """
 
@@ -181,7 +181,7 @@ def _fit(fabric: Fabric, session: Session, hooks: TrainHooks | None) -> None:
         check_loss_fell(results)
 
 
-def train(
+def fit(
     config: Config,
     out: Path | str | None = None,
     *,
@@ -206,7 +206,7 @@ def with_seed(config: Config, seed: int) -> Config:
     return config_from_dict(raw, source=f"train.seed={seed}")
 
 
-def train_seeds(
+def fit_seeds(
     config: Config,
     seeds: Sequence[int],
     out: Path | str | None = None,
@@ -220,6 +220,6 @@ def train_seeds(
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"seeds {list(seeds)!r}: expected distinct integers, e.g. [0, 1, 2]")
     return [
-        train(with_seed(config, s), out, folds=folds, debug=debug, force=force, hooks=hooks)
+        fit(with_seed(config, s), out, folds=folds, debug=debug, force=force, hooks=hooks)
         for s in seeds
     ]
