@@ -20,9 +20,10 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from segarena.ablate.arms import parse_arm, read_arms_file, split_pairs
 from segarena.ablate.infer_arms import mask_tensor, score_checkpoints
 from segarena.ablate.plan import make_plan
-from segarena.ablate.runner import run_ablation
+from segarena.ablate.runner import Ablation, run_ablation
 from segarena.ablate.stats import gain_interval
 from segarena.data.readers import load_image
+from segarena.errors import UserError
 from segarena.infer.ensemble import Ensemble, EnsembleSpec
 from segarena.metrics import bootstrap_miou_diff_ci, confusion_matrix
 from segarena.report.compare import compare_runs
@@ -373,3 +374,26 @@ def test_an_arm_the_store_already_holds_reuses_that_run(data, tmp_path):
     assert result.exit_code == 0, result.output
     assert f"baseline: reusing {first}, a finished run of the same experiment" in result.output
     assert len(run_dirs(out)) == 2  # the first run and the arm's
+
+
+def test_an_older_ablation_json_reads_and_a_broken_one_names_the_file(tmp_path):
+    root = tmp_path / "runs" / "tiny" / "ablation" / "old"
+    root.mkdir(parents=True)
+    older = {  # as segarena wrote it before runs were recorded at creation ("started")
+        "name": "old",
+        "arms": {"baseline": {"kind": "train", "change": [], "runs": {"0": "tiny/r1"},
+                              "started": {}}},  # fmt: skip
+        "config": "c.yaml", "set": [], "folds": [0],
+    }  # fmt: skip
+    (root / "ablation.json").write_text(json.dumps(older))
+    ablation = Ablation(tmp_path / "runs", "tiny", "old")
+    assert ablation.run_of("baseline", "0") == tmp_path / "runs" / "tiny" / "r1"
+    assert ablation.record.precision is None  # chosen on the next run, then recorded
+    ablation.set_run("baseline", "1", tmp_path / "runs" / "tiny" / "r2")
+    written = json.loads((root / "ablation.json").read_text())
+    assert written["arms"]["baseline"]["runs"] == {"0": "tiny/r1", "1": "tiny/r2"}
+
+    older["arms"]["baseline"]["change"] = "lr"  # a string where a list belongs
+    (root / "ablation.json").write_text(json.dumps(older))
+    with pytest.raises(UserError, match=r"ablation\.json: arms\.baseline\.change: "):
+        Ablation(tmp_path / "runs", "tiny", "old")

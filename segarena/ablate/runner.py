@@ -15,11 +15,12 @@ experiment, so they share OUT/<experiment>/folds.csv (checked byte for byte), an
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from segarena.ablate.arms import BASELINE, NAME, Arm
 from segarena.ablate.infer_arms import load_matrices, save_matrices, score_checkpoints
@@ -41,6 +42,30 @@ ABLATION = "ablation.json"
 log = logging.getLogger(__name__)
 
 
+class ArmRecord(BaseModel):
+    """One arm in ablation.json: its kind (train or infer), its change (the k=v pairs) and
+    its run per seed (a path relative to OUT)."""
+
+    model_config = ConfigDict(extra="ignore")  # e.g. "started", written by older versions
+
+    kind: str
+    change: list[str]
+    runs: dict[str, str] = {}
+
+
+class AblationRecord(BaseModel):
+    """ablation.json: the arms, and the settings every arm shares."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    arms: dict[str, ArmRecord] = {}
+    config: str | None = None
+    set: list[str] = []
+    folds: list[int] = []
+    precision: str | None = None  # train.precision: auto's choice, made once for every arm
+
+
 class Ablation:
     """The folder of one ablation and its ablation.json (arms, their runs per seed)."""
 
@@ -50,42 +75,47 @@ class Ablation:
         self.out = Path(out)
         self.root = self.out / experiment / "ablation" / name
         self.path = self.root / ABLATION
-        self.record = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        self.record.setdefault("name", name)
-        self.record.setdefault("arms", {})
+        self.record = self._read() if self.path.is_file() else AblationRecord(name=name)
+
+    def _read(self) -> AblationRecord:
+        try:
+            return AblationRecord.model_validate_json(self.path.read_bytes())
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(map(str, problem["loc"]))
+            raise UserError(
+                f"{self.path}: {where}: {problem['msg']}; expected an ablation.json as "
+                "segarena ablate writes it (or start a new ablation with --name)"
+            ) from None
 
     def start(self, plan: Plan, folds: list[int]) -> None:
         """Record the plan's arms; UserError if one was recorded with other settings."""
-        arms = self.record["arms"]
+        arms = self.record.arms
         for arm in [Arm(BASELINE, "train", ()), *plan.arms]:
             old = arms.get(arm.name)
-            if old is not None and (old["kind"], old["change"]) != (arm.kind, list(arm.pairs)):
-                shown = ", ".join(old["change"]) or "(baseline)"
+            if old is not None and (old.kind, old.change) != (arm.kind, list(arm.pairs)):
+                shown = ", ".join(old.change) or "(baseline)"
                 raise UserError(
-                    f"arm {arm.name!r}: {self.path} records it as {old['kind']} arm "
+                    f"arm {arm.name!r}: {self.path} records it as {old.kind} arm "
                     f"{shown!r}, not {arm.change!r}; keep its settings, rename the arm, or "
                     "start a new ablation with --name"
                 )
-            arms.setdefault(arm.name, {"kind": arm.kind, "change": list(arm.pairs), "runs": {}})
-        self.record.update(config=str(plan.config_path), set=plan.overrides, folds=folds)
+            arms.setdefault(arm.name, ArmRecord(kind=arm.kind, change=list(arm.pairs)))
+        self.record.config, self.record.set = str(plan.config_path), plan.overrides
+        self.record.folds = folds
         self.save()
 
     def save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.path, self.record)
+        write_json_atomic(self.path, self.record.model_dump(mode="json"))
 
     def run_of(self, arm: str, seed: str) -> Path | None:
-        recorded = self.record["arms"][arm]["runs"].get(seed)
+        recorded = self.record.arms[arm].runs.get(seed)
         return None if recorded is None else self.out / recorded
 
     def set_run(self, arm: str, seed: str, path: Path) -> None:
-        self.record["arms"][arm]["runs"][seed] = os.path.relpath(path, self.out)
+        self.record.arms[arm].runs[seed] = os.path.relpath(path, self.out)
         self.save()
-
-    def recorded_runs(self) -> set[Path]:
-        return {
-            self.out / run for arm in self.record["arms"].values() for run in arm["runs"].values()
-        }
 
 
 @dataclass
@@ -116,8 +146,8 @@ def run_ablation(
     out = Path(out if out is not None else base.records.out)
     ablation = Ablation(out, base.experiment, name)
     # train.precision: auto is chosen once, for every arm: arms must differ only in their change
-    precision = ablation.record.get("precision") or resolve_precision(base)[0].train.precision
-    ablation.record["precision"] = precision
+    precision = ablation.record.precision or resolve_precision(base)[0].train.precision
+    ablation.record.precision = precision
     ablation.start(plan, resolve_folds(base, folds))
     seeds = [str(plan.config(None, s).train.seed) for s in plan.seeds]
 
