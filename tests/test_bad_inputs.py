@@ -261,6 +261,13 @@ def submission(ctx: Ctx, header: str = "image_id,PredictionString", rows: int = 
     return ["validate-submission", sub, "--sample", sample, "--size", "any", "--classes", "3"]
 
 
+def not_utf8(c: Ctx, name: str, text: bytes = b"id,mask\n\xff\xfe,1\n") -> Path:
+    """A CSV at tmp/NAME (by default with two bytes that are not UTF-8 in its first row)."""
+    path = c.tmp / name
+    path.write_bytes(text)
+    return path
+
+
 def row(setup: Callable[[Ctx], list], code: int, message: str, name: str):
     return pytest.param(setup, code, message, id=name)
 
@@ -297,6 +304,24 @@ CASES = [
         "exactly one of `masks`, `pairs` or `coco`", "source-without-kind"),
     row(lambda c: c.train(set_key("experiment", "a/b")), 2, "experiment", "experiment-name"),
     row(lambda c: c.train(set_key("data.classes", ["only"])), 2, "data.classes", "one-class"),
+    row(lambda c: c.train(set_key("data.classes", ["a", "b", "a", "c"])), 2,
+        "data.classes names ['a'] more than once", "duplicate-class-names"),
+    # registry names and transform parameters: refused before any folder, folds.csv or
+    # MLflow record exists (the table's snapshot checks that nothing new is on disk)
+    row(lambda c: c.train(set_key("loss.terms", [{"name": "dicee"}])), 2,
+        "loss.terms[0].name: unknown loss 'dicee'; did you mean 'dice'", "loss-name"),
+    row(lambda c: c.train(set_key("optimizer.name", "adamq")), 2,
+        "optimizer.name='adamq' is not a timm optimizer", "optimizer-name"),
+    row(lambda c: c.train(set_key("augment.train", [{"name": "HorizontalFlipp"}])), 2,
+        "augment.train[0].name: unknown Albumentations transform 'HorizontalFlipp'",
+        "augment-name"),
+    row(lambda c: c.train(set_key("augment.train",
+                                  [{"name": "HorizontalFlip", "params": {"pp": 0.5}}])), 2,
+        "augment.train[0].params: HorizontalFlip has no parameter(s) ['pp']",
+        "augment-param"),  # fmt: skip
+    row(lambda c: ["split", write_config(c.tmp / "c.yaml", {**c.config(), "split": {
+        "method": "group", "n_folds": 5, "group_regex": "^(seq\\d)_"}})], 2,
+        "split.n_folds=5 but the data has only 4 groups", "split-more-folds-than-groups"),
     # the command line
     row(lambda c: c.train(None, "--fold", 3), 2, "--fold 3: expected 0..0", "fold-out-of-range"),
     row(lambda c: c.train(None, "--folds", "some"), 2, "--folds 'some'", "folds-not-all"),
@@ -310,6 +335,13 @@ CASES = [
         "evaluate-not-a-run"),
     row(lambda c: ["evaluate", c.run(), "--split", "test"], 2, "--split 'test'", "split-name"),
     row(lambda c: ["report", c.tmp], 2, "not a segarena run directory", "report-not-a-run"),
+    row(lambda c: ["validate-submission", not_utf8(c, "sub.csv"), "--sample",
+                   not_utf8(c, "sample.csv", b"id,mask\na,1\n")], 2,
+        "sub.csv: not UTF-8 text (byte 8); expected a submission CSV", "submission-not-utf8"),
+    row(lambda c: ["validate-submission", not_utf8(c, "sub.csv", b"id,mask\na,1\n"),
+                   "--sample", not_utf8(c, "sample.csv")], 2,
+        "sample.csv: not UTF-8 text (byte 8); expected a sample submission CSV",
+        "sample-not-utf8"),
     row(lambda c: ["report", dead_run(c)], 2, "not a finished run (no summary.json)",
         "report-dead-run"),
     # data

@@ -143,6 +143,16 @@ class DataConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _class_names_are_distinct(self) -> DataConfig:
+        repeated = sorted({name for name in self.classes if self.classes.count(name) > 1})
+        if repeated:  # COCO categories and every per-class score are matched by name
+            raise ValueError(
+                f"data.classes names {repeated} more than once; expected one distinct name "
+                "per class id"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _ignore_index_hides_no_class(self) -> DataConfig:
         if 0 <= self.ignore_index < len(self.classes):
             hidden = self.classes[self.ignore_index]

@@ -211,12 +211,14 @@ def load_or_create_folds(
 ) -> list[int]:
     """The folds in `path` if it exists (checked against the data), else new ones written there."""
     path = Path(path)
+    # made before the lock: a split the data cannot fill fails before any folder or file
+    folds = None if path.exists() else make_folds(samples, split, num_classes)
     # two runs started together in a fresh folder: one writes, the other reads what it
     # wrote (the lock file .folds.csv.lock stays beside folds.csv)
     with file_lock(path.with_name(f".{path.name}.lock")):
         if path.exists():
             return read_folds(path, samples, split)
-        folds = make_folds(samples, split, num_classes)
+        folds = folds if folds is not None else make_folds(samples, split, num_classes)
         write_folds(path, samples, folds)
         return folds
 

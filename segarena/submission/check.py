@@ -25,6 +25,7 @@ from segarena.submission.codecs import (
     shape_for,
     split_rle_id,
 )
+from segarena.util.files import utf8_text
 from segarena.util.text import problem_lines
 
 SHOWN = 10  # problems listed in one message
@@ -70,7 +71,7 @@ def _check_rows(
     ids: list[str] = []
     problems: list[str] = []
     covered = _Coverage()
-    with open(path, newline="") as f:
+    with utf8_text(path, "a submission CSV") as f:
         rows = csv.reader(f)
         first = next(rows, None)
         if first != header:

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from segarena.errors import UserError
+from segarena.util.files import utf8_text
 
 FORMATS = ("csv", "rle", "png")
 HEADERS = {"csv": ["image_id", "PredictionString"], "rle": ["id", "rle"]}
@@ -119,7 +120,7 @@ def png_path(root: Path, image_id: str) -> Path:
 def read_sample(path: Path) -> tuple[list[str], list[str]]:
     """(header, ids) of a sample submission: its first column, in file order."""
     try:
-        with open(path, newline="") as f:
+        with utf8_text(path, "a sample submission CSV") as f:
             rows = list(csv.reader(f))
     except OSError as exc:
         raise UserError(f"--sample {path}: cannot read it ({exc.strerror})") from None
@@ -160,7 +161,7 @@ def read_submission(
         files = sorted(path.rglob("*.png"))
         return {f.relative_to(path).as_posix(): np.asarray(Image.open(f)) for f in files}
     masks: dict[str, np.ndarray] = {}
-    with open(path, newline="") as f:
+    with utf8_text(path, f"a {fmt} submission") as f:
         for row_id, text in list(csv.reader(f))[1:]:
             if fmt == "csv":
                 masks[row_id] = decode_pixels(text, shape_for(size, row_id))

@@ -25,7 +25,7 @@ LOOKAHEAD = "lookahead_"  # timm wraps any optimizer in Lookahead when its name 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     """A timm optimizer for `model`; norms and biases get no weight decay."""
-    _check_optimizer_name(cfg.name)
+    check_optimizer_name(cfg.name)
     try:
         return timm.optim.create_optimizer_v2(
             model,
@@ -44,7 +44,8 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
         raise UserError(f"optimizer.name={cfg.name!r} cannot be used here: {exc}") from None
 
 
-def _check_optimizer_name(name: str) -> None:
+def check_optimizer_name(name: str) -> None:
+    """UserError with a did-you-mean unless timm has an optimizer of this name."""
     known = timm.optim.list_optimizers()
     if name.lower().removeprefix(LOOKAHEAD) in known:
         return

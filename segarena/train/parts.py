@@ -15,7 +15,7 @@ from lightning_fabric import Fabric
 from torch.utils.data import DataLoader
 
 from segarena.config import Config
-from segarena.data.augment import PAD_DIVISOR, build_transforms
+from segarena.data.augment import PAD_DIVISOR, build_transform, build_transforms
 from segarena.data.bad_images import SkippedImages
 from segarena.data.dataset import SegDataset, train_loader, val_loader
 from segarena.data.mixing import build_mixer
@@ -28,7 +28,13 @@ from segarena.train.averaging import Averaging
 from segarena.train.distributed import say
 from segarena.train.loop import Learner
 from segarena.train.losses import LOSSES, build_loss
-from segarena.train.optim import SCHEDULERS, LrSchedule, build_optimizer, build_scheduler
+from segarena.train.optim import (
+    SCHEDULERS,
+    LrSchedule,
+    build_optimizer,
+    build_scheduler,
+    check_optimizer_name,
+)
 from segarena.util.registry import Registry
 
 
@@ -104,13 +110,18 @@ def train_dataset(config: Config, samples: list[Sample]) -> SegDataset:
 
 
 def check_names(config: Config) -> None:
-    """UserError (with a did-you-mean) for a loss, scheduler or sampler name that no registry
-    holds: the config keeps these as plain strings (config/ comes before the stages that
-    register them), so a caller checks them here before anything trains."""
+    """UserError (with a did-you-mean) for a loss, scheduler, sampler, optimizer or
+    augmentation name that does not exist, or an augmentation parameter its transform does
+    not take: the config keeps these as plain strings (config/ comes before the stages
+    that know them), so a new run checks them here, before any file is written."""
     for i, term in enumerate(config.loss.terms):
         _registered(LOSSES, term.name, f"loss.terms[{i}].name")
     _registered(SCHEDULERS, config.scheduler.name, "scheduler.name")
     _registered(SAMPLERS, config.train.sampler.name, "train.sampler.name")
+    check_optimizer_name(config.optimizer.name)
+    for section in ("train", "val"):  # each transform built once, then dropped
+        for i, spec in enumerate(getattr(config.augment, section)):
+            build_transform(spec, f"augment.{section}[{i}]", config.data.ignore_index)
 
 
 def _registered(registry: Registry, name: str, key: str) -> None:

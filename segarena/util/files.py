@@ -162,3 +162,14 @@ def file_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(path):
         yield
+
+
+@contextmanager
+def utf8_text(path: Path | str, what: str = "a CSV file") -> Iterator:
+    """`path` opened as UTF-8 text (csv-ready: newline=""); a byte that is not UTF-8,
+    met anywhere while the file is read, is a UserError naming the file and the byte."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            yield f
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); expected {what}") from None
