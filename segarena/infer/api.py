@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from segarena.errors import UserError
 from segarena.infer.ensemble import Ensemble, EnsembleSpec
 from segarena.infer.evaluate import evaluate_ensemble
 
@@ -133,8 +134,6 @@ class Predictor:
 
 def _rgb(image: np.ndarray) -> np.ndarray:
     """The image as H x W x 3 uint8, or a UserError naming what was given."""
-    from segarena.errors import UserError
-
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise UserError(
