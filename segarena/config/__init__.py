@@ -110,8 +110,8 @@ def load_config(
     `overrides` are `--set` pairs (["train.epochs=5"]) or a mapping ({"train.epochs": 5});
     either way each value is checked by the schema."""
     path = Path(path)
-    if isinstance(overrides, Mapping):  # JSON is YAML: each value keeps its type
-        overrides = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+    if isinstance(overrides, Mapping):
+        overrides = setting_pairs(overrides)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -128,6 +128,18 @@ def load_config(
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of sections at the top, found {raw!r}")
     return config_from_dict(apply_overrides(raw, overrides or []), source=str(path))
+
+
+def setting_pairs(settings: Mapping[str, Any]) -> list[str]:
+    """{"train.epochs": 5} -> ["train.epochs=5"]: JSON is YAML, so each value keeps its type."""
+    return [f"{key}={json.dumps(value)}" for key, value in settings.items()]
+
+
+def with_settings(config: Config, settings: Mapping[str, Any]) -> Config:
+    """`config` with dotted keys set (as `--set` sets them), validated again."""
+    pairs = setting_pairs(settings)
+    raw = apply_overrides(config.model_dump(mode="json"), pairs)
+    return config_from_dict(raw, source=", ".join(pairs))
 
 
 # train.epochs and train.budget_min are exclusive: overriding one replaces the other

@@ -145,16 +145,7 @@ def cosine_schedule(
     optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, epochs: int, steps_per_epoch: int
 ) -> LrSchedule:
     """Warmup, then a cosine decay to `cfg.min_lr` at the last update."""
-    warmup = _warmup_before_decay(cfg, epochs, steps_per_epoch)
-    # warmup_prefix: decay starts from the full lr after warmup and ends at the last step.
-    per_update = CosineLRScheduler(
-        optimizer,
-        t_initial=epochs * steps_per_epoch - warmup,
-        lr_min=cfg.min_lr,
-        warmup_prefix=True,
-        **_warmup_args(cfg, warmup),
-    )
-    return LrSchedule(optimizer, per_update, warmup_updates=warmup)
+    return _decay_to_last_update(CosineLRScheduler, optimizer, cfg, epochs, steps_per_epoch)
 
 
 @SCHEDULERS.register("poly")
@@ -162,13 +153,23 @@ def poly_schedule(
     optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, epochs: int, steps_per_epoch: int
 ) -> LrSchedule:
     """Warmup, then lr * (1 - t / T) ** `cfg.poly_power` down to `cfg.min_lr`."""
+    return _decay_to_last_update(
+        PolyLRScheduler, optimizer, cfg, epochs, steps_per_epoch, power=cfg.poly_power
+    )
+
+
+def _decay_to_last_update(
+    scheduler: type, optimizer, cfg: SchedulerConfig, epochs: int, steps_per_epoch: int, **extra
+) -> LrSchedule:
+    """A timm per-update `scheduler` after the warmup, ending at `cfg.min_lr` on the last
+    update (warmup_prefix: the decay starts from the full lr once the warmup is over)."""
     warmup = _warmup_before_decay(cfg, epochs, steps_per_epoch)
-    per_update = PolyLRScheduler(
+    per_update = scheduler(
         optimizer,
         t_initial=epochs * steps_per_epoch - warmup,
-        power=cfg.poly_power,
         lr_min=cfg.min_lr,
         warmup_prefix=True,
+        **extra,
         **_warmup_args(cfg, warmup),
     )
     return LrSchedule(optimizer, per_update, warmup_updates=warmup)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from segarena.config import Config, config_from_dict
+from segarena.config import Config, with_settings
 from segarena.model.build import build_model
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,7 @@ def with_precision(config: Config, precision: str) -> Config:
     stays): how a study (an ablation, a competition) gives every run the one it chose."""
     if config.train.precision != "auto":
         return config
-    raw = config.model_dump(mode="json")
-    raw["train"]["precision"] = precision
-    return config_from_dict(raw, source=f"train.precision={precision}")
+    return with_settings(config, {"train.precision": precision})
 
 
 def choose_precision(config: Config) -> tuple[str, dict[str, Any]]:

@@ -20,7 +20,7 @@ from typing import Literal
 
 from lightning_fabric import Fabric
 
-from segarena.config import Config, config_from_dict
+from segarena.config import Config, with_settings
 from segarena.errors import Interrupted, UserError
 from segarena.run_dir.layout import CONFIG, FOLDS, RUN, RunDir
 from segarena.run_dir.schema import RunInfo, Summary
@@ -199,13 +199,6 @@ def resume(path: Path | str, hooks: TrainHooks | None = None) -> Run:
     return Run.open(path).fit(hooks)
 
 
-def with_seed(config: Config, seed: int) -> Config:
-    """`config` with train.seed = `seed`, validated again."""
-    raw = config.model_dump(mode="json")
-    raw["train"]["seed"] = seed
-    return config_from_dict(raw, source=f"train.seed={seed}")
-
-
 def fit_seeds(
     config: Config,
     seeds: Sequence[int],
@@ -219,7 +212,5 @@ def fit_seeds(
     """One run per seed (train.seed), trained one after the other: a seed ensemble."""
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"seeds {list(seeds)!r}: expected distinct integers, e.g. [0, 1, 2]")
-    return [
-        fit(with_seed(config, s), out, folds=folds, debug=debug, force=force, hooks=hooks)
-        for s in seeds
-    ]
+    configs = [with_settings(config, {"train.seed": seed}) for seed in seeds]
+    return [fit(c, out, folds=folds, debug=debug, force=force, hooks=hooks) for c in configs]
