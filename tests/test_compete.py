@@ -38,7 +38,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture
 def stub_probe(monkeypatch):
-    monkeypatch.setattr(runner, "measure_speed", lambda config, size, device: TINY)
+    monkeypatch.setattr(runner, "measure_speed", lambda config, size, device, samples: TINY)
 
 
 def project(tmp_path, labelled, name="exp", **sections):
@@ -168,7 +168,8 @@ def test_compete_end_to_end_keeps_what_helps_drops_what_does_not(
     sidecar = json.loads((out / "submission.csv.segarena.json").read_text())
     base_run = str(Path(stages["folds"]["runs"][0]).resolve())
     assert sidecar["run_dirs"] == [base_run]  # the dropped pseudo run is not in it
-    assert sidecar["options"] == {"tta": "hflip"} and sidecar["checkpoint"] == "best"
+    assert sidecar["options"] == {"tta": "hflip", "scales": [1.0]}
+    assert sidecar["checkpoint"] == "best"
     assert len(run_dirs(tmp_path / "runs")) == 2  # the fold run and the pseudo run
     page = (out / "compete.html").read_text()
     assert "dropped" in page and "kept" in page and "Pseudo-label threshold" in page

@@ -38,6 +38,17 @@ THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 MIN_KEPT = 0.5  # the threshold must keep at least this share of the labelled pixels
 
 
+# what training's validation ran; a choice without TTA must not take the runs' infer.tta
+PLAIN = {"tta": "none", "scales": [1.0]}
+
+
+def inference_options(choice: dict[str, Any]) -> dict[str, Any]:
+    """The choice's inference options over plain ones: the choice is scored and submitted
+    with exactly these, whatever the runs' config.infer says (the CamVid recipe's is
+    hflip, which would otherwise put TTA back into a submission whose TTA was dropped)."""
+    return {**PLAIN, **choice["tta"]}
+
+
 def choice_spec(choice: dict[str, Any], device: str, weights=None) -> EnsembleSpec:
     """The EnsembleSpec of a choice: its runs, checkpoint, weights and inference options."""
     weights = weights if weights is not None else choice.get("weights")
@@ -45,7 +56,7 @@ def choice_spec(choice: dict[str, Any], device: str, weights=None) -> EnsembleSp
         run_dirs=tuple(Path(r) for r in choice["runs"]),
         checkpoint=choice["checkpoint"],
         weights=None if weights is None else tuple(weights),
-        overrides=dict(choice["tta"]),
+        overrides=inference_options(choice),
         device=device,
     )
 
@@ -58,7 +69,8 @@ def score_choice(choice: dict[str, Any], device: str) -> RunMatrices:
     if len(runs) == 1 and choice.get("fold_weights") is None:
         if not choice["tta"] and choice["checkpoint"] == "best":
             return run_matrices(runs[0])
-        return score_checkpoints(runs[0], choice["checkpoint"], dict(choice["tta"]), device)[0]
+        options = inference_options(choice)
+        return score_checkpoints(runs[0], choice["checkpoint"], options, device)[0]
     return ensemble_matrices(choice, device)
 
 
@@ -140,5 +152,3 @@ def choose_threshold(run_dir: Path) -> dict[str, Any]:
         ],
         "oof_pixels": total,
     }
-
-

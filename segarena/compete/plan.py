@@ -14,11 +14,15 @@ The plan rule, in order of what matters most for a segmentation score:
    undertrained model loses more than any later stage can win back;
 2. then the largest input size (data.image_size at scale 1, 0.75, 0.5, 0.375, 0.25 of the
    config's size, multiples of 32): small objects vanish at low resolution;
-3. then the most folds of the config's split (K down to 1): more OOF images to decide on,
-   a larger fold ensemble;
-4. then the optional stages, at that size and fold count: the pseudo-label round (a
-   second run of the same size, folds and epochs), then SWA; multi-scale TTA when its
-   scoring takes under MULTISCALE_SHARE of the budget.
+3. then the most folds of the config's split (K down to 2) whose models still train a
+   full schedule (max_epochs: train.epochs, default 30), else 1 fold: a fold ensemble adds
+   about a point, while 8 instead of 30 epochs costs several (on 2 CPU cores, CamVid
+   fold 0: 0.385 at 8 epochs); more folds also give more OOF images to decide on;
+4. then the optional stages, richest first (pseudo + SWA, pseudo, SWA, none), as long as
+   they keep FULL_SHARE of the epochs the bare plan gets (or the full schedule): the
+   pseudo-label round is a second run of the same size, folds and epochs, so on a short
+   CPU budget it would halve every model's epochs; multi-scale TTA when its scoring takes
+   under MULTISCALE_SHARE of the budget.
 Epochs are then the most that fit, capped at train.epochs (default 30): a generous budget
 does not train past the recipe's own schedule. RESERVE of the budget is kept free for the
 probe's error. The smallest plan (1 fold, smallest size, 1 epoch, no optional stage) not
@@ -43,6 +47,7 @@ DEFAULT_MAX_EPOCHS = 30
 RESERVE = 0.10  # share of the budget left free
 MULTISCALE = (0.75, 1.0, 1.25)
 MULTISCALE_SHARE = 0.05
+FULL_SHARE = 0.9  # an optional stage may cost at most a tenth of the epochs
 HFLIP_VIEWS = 2
 
 
@@ -90,10 +95,12 @@ class Costs:
         self.n_train = facts.images - self.n_val if facts.folds > 1 else facts.images
 
     def t_train(self, size) -> float:
-        return self.speed.train_s_per_mpx * size[0] * size[1] / 1e6 * DATA_FACTOR
+        model_s = self.speed.train_s_per_mpx * size[0] * size[1] / 1e6
+        return model_s * DATA_FACTOR + self.speed.train_item_s
 
     def t_infer(self, size) -> float:
-        return self.speed.infer_s_per_mpx * size[0] * size[1] / 1e6 * DATA_FACTOR
+        model_s = self.speed.infer_s_per_mpx * size[0] * size[1] / 1e6
+        return model_s * DATA_FACTOR + self.speed.infer_item_s
 
     def epoch_s(self, size, extra: int = 0) -> float:
         return (self.n_train + extra) * self.t_train(size) + self.n_val * self.t_infer(size)
@@ -166,6 +173,39 @@ VARIANTS = (  # the optional stages, richest first
 )
 
 
+BARE = {"pseudo": False, "swa": False, "multiscale": False}
+
+
+def choose_folds_and_stages(costs: Costs, usable: float, size, reasons: list[str]):
+    """(folds, epochs, optional stages, planned seconds) at `size`: the most folds whose
+    models still train a full schedule (max_epochs), else 1 fold; then the richest
+    optional stages that keep FULL_SHARE of those epochs (or the full schedule)."""
+    full, folds = costs.facts.max_epochs, costs.facts.folds
+    k = next((k for k in range(folds, 0, -1)
+              if costs.most_epochs(usable, size, k, **BARE)[0] >= full), 1)  # fmt: skip
+    bare_epochs = costs.most_epochs(usable, size, k, **BARE)[0]
+    if k < folds:
+        more = costs.most_epochs(usable, size, k + 1, **BARE)[0]
+        reasons.append(
+            f"{k} of {folds} folds: {k + 1} folds do not fit a full schedule at "
+            f"{size[1]}x{size[0]} ({more} of {full} epochs each); an undertrained fold "
+            f"ensemble loses more than it gains ({costs.run_s(size, 1, full) / 60:.1f} min "
+            f"per fully trained fold)"
+        )
+    else:
+        reasons.append(f"all {k} folds fit a full schedule at {size[1]}x{size[0]}")
+    floor = min(full, math.ceil(FULL_SHARE * bare_epochs))
+    for variant in VARIANTS:  # the last one (no optional stage) always passes
+        epochs, stages = costs.most_epochs(usable, size, k, multiscale=False, **variant)
+        if epochs >= floor or variant == VARIANTS[-1]:
+            break
+    for name, on in variant.items():
+        what = {"pseudo": "pseudo-label round", "swa": "SWA of the last epochs"}[name]
+        cost = "planned" if on else f"left out: it would leave fewer than {floor} epochs"
+        reasons.append(f"{what}: {cost}")
+    return k, epochs, variant, stages
+
+
 def plan_competition(facts: DataFacts, speed: Speed, budget_s: float) -> CompetePlan:
     """The plan of the module docstring for `budget_s` seconds of wall clock."""
     costs = Costs(facts, speed)
@@ -182,15 +222,9 @@ def plan_competition(facts: DataFacts, speed: Speed, budget_s: float) -> Compete
         reasons.append("data.tiles is set: the input size stays native (tiles)")
     chosen = None
     for scale, size in sizes:
-        for k in range(facts.folds, 0, -1):
-            for variant in VARIANTS:
-                epochs, stages = costs.most_epochs(usable, size, k, multiscale=False, **variant)
-                if epochs >= min_epochs:
-                    chosen = (scale, size, k, epochs, variant, stages)
-                    break
-            if chosen:
-                break
-        if chosen:
+        if costs.most_epochs(usable, size, 1, **BARE)[0] >= min_epochs:
+            k, epochs, variant, stages = choose_folds_and_stages(costs, usable, size, reasons)
+            chosen = (scale, size, k, epochs, variant, stages)
             break
         reasons.append(
             f"{size[1]}x{size[0]}: even 1 fold cannot train {min_epochs} epochs "
@@ -198,8 +232,7 @@ def plan_competition(facts: DataFacts, speed: Speed, budget_s: float) -> Compete
         )
     if chosen is None:  # the smallest size, 1 fold, as many epochs as fit (at least 1)
         scale, size = sizes[-1]
-        epochs, stages = costs.most_epochs(usable, size, 1, pseudo=False, swa=False,
-                                           multiscale=False)  # fmt: skip
+        epochs, stages = costs.most_epochs(usable, size, 1, **BARE)
         if epochs < 1:
             need = sum(stages.values()) / (1 - RESERVE)
             raise BudgetTooSmall(
@@ -213,21 +246,11 @@ def plan_competition(facts: DataFacts, speed: Speed, budget_s: float) -> Compete
             f"fewer than {min_epochs} epochs fit anywhere: {epochs} at the smallest size"
         )
     scale, size, k, epochs, variant, stages = chosen
-    if k < facts.folds:
-        reasons.append(
-            f"{k} of {facts.folds} folds: {k + 1} folds do not fit {min_epochs} epochs at "
-            f"{size[1]}x{size[0]} ({costs.run_s(size, 1, min_epochs) / 60:.1f} min per fold)"
-        )
-    else:
-        reasons.append(f"all {k} folds fit at {size[1]}x{size[0]}")
     reasons.append(
         f"{epochs} epochs: the most that fit"
         + (f" (capped at train.epochs={facts.max_epochs})" if epochs == facts.max_epochs else "")
         + f"; {costs.epoch_s(size) / 60:.2f} min per epoch and fold"
     )
-    for name, on in variant.items():
-        what = {"pseudo": "pseudo-label round", "swa": "SWA of the last epochs"}[name]
-        reasons.append(f"{what}: {'planned' if on else 'left out: it does not fit'}")
     multiscale = costs.score_s(size, k, costs.multiscale_views()) <= MULTISCALE_SHARE * budget_s
     if multiscale:
         with_ms = costs.stages(size, k, epochs, multiscale=True, **variant)

@@ -55,6 +55,7 @@ class SubmitOptions:
 
 log = logging.getLogger(__name__)
 
+
 def default_out(config: Config) -> Path:
     return Path(config.records.out) / config.experiment / "compete"
 
@@ -92,7 +93,7 @@ def compete(
     if recorded is None:
         config, _ = resolve_precision(config)  # train.precision: auto, once per competition
         facts = data_facts(config, samples, len(items))
-        speed = (probe or (lambda c, s: measure_speed(c, s, device)))(config, facts.size)
+        speed = (probe or (lambda c, s: measure_speed(c, s, device, samples)))(config, facts.size)
         plan = plan_competition(facts, speed, budget_s - (time.monotonic() - started))
         comp = Competition(out, Path(config.records.out))
         comp.record.update(
