@@ -15,9 +15,18 @@ from synthetic import make_mask_folder, tiny_config
 
 from segarena.compete import oof, runner
 from segarena.compete import stages as stage_module
-from segarena.compete.plan import BudgetTooSmall, DataFacts, minimum_minutes, plan_competition
-from segarena.compete.probe import Speed
+from segarena.compete.plan import (
+    BARE,
+    MIN_EPOCHS,
+    BudgetTooSmall,
+    Costs,
+    DataFacts,
+    minimum_minutes,
+    plan_competition,
+)
+from segarena.compete.probe import Speed, affine, item_costs, measure_speed
 from segarena.config import config_from_dict
+from segarena.data.readers import read_samples
 from segarena.submission.check import validate_submission
 
 FAST = Speed(train_s_per_mpx=0.03, infer_s_per_mpx=0.01, device="cuda")  # an H100-like pace
@@ -72,6 +81,62 @@ def test_a_bigger_budget_plans_at_least_as_much():
     assert len(long.folds) >= len(short.folds) and long.scale >= short.scale
     shape = [(len(p.folds), p.scale, p.pseudo) for p in (short, long)]
     assert shape[0] != shape[1]
+
+
+def test_a_cpu_budget_trains_one_fold_fully_rather_than_several_folds_weakly():
+    """2 folds would fit the minimum 8 epochs each (10), not a full schedule (30): the plan
+    trains 1 fold for 22 epochs instead; with 6 times the budget, 4 folds train all 30."""
+    mid = Speed(train_s_per_mpx=2.0, infer_s_per_mpx=0.6, device="cpu")
+    short, long = plan_competition(CAMVID, mid, 3600), plan_competition(CAMVID, mid, 6 * 3600)
+    two_folds = Costs(CAMVID, mid).most_epochs(3600 * 0.9, tuple(short.image_size), 2, **BARE)[0]
+    assert MIN_EPOCHS <= two_folds < CAMVID.max_epochs
+    assert short.folds == [0] and short.epochs > 2 * two_folds
+    assert any("do not fit a full schedule" in r for r in short.reasons)
+    assert len(long.folds) >= 3 and long.epochs == CAMVID.max_epochs
+
+
+def test_a_time_bound_plan_trains_its_runs_by_the_clock(data, tmp_path):
+    """When fewer epochs than a full schedule fit, the runs get train.budget_min (their
+    planned seconds), whose own probe measures the real pipeline; SWA, which needs a
+    fixed epoch count, is left out. A capped plan keeps fixed epochs."""
+    labelled, _ = data
+    _, raw = project(tmp_path, labelled)
+    raw["train"]["epochs"] = 30
+    config = config_from_dict(raw)
+    facts = DataFacts(images=12, size=(64, 64), folds=2, test_images=6, max_epochs=30)
+    plan = plan_competition(facts, Speed(500.0, 100.0, "cpu"), 300)
+    assert plan.epochs < 30 and plan.run_budget_s and plan.swa_start is None
+    assert any("SWA needs a fixed epoch count" in r for r in plan.reasons)
+    stages = stage_module.Stages(None, config, plan, None, 300, None, None, "cpu", 200, print)
+    folds, pseudo = stages.stage_config(), stages.stage_config(pseudo=str(tmp_path))
+    assert folds.train.epochs is None
+    assert folds.train.budget_min == pytest.approx(plan.run_budget_s["folds"] / 60, abs=1e-3)
+    assert pseudo.train.budget_min > folds.train.budget_min  # it trains on the test images too
+    capped = plan_competition(facts, FAST, 300)
+    assert capped.run_budget_s is None and capped.epochs == 30
+    fixed = stage_module.Stages(None, config, capped, None, 300, None, None, "cpu", 200, print)
+    assert fixed.stage_config().train.epochs == 30 and fixed.stage_config().train.budget_min is None
+
+
+def test_the_probe_splits_time_into_a_fixed_and_a_per_megapixel_part(data, tmp_path):
+    assert affine([(0.2, 1.0), (0.05, 0.4)]) == pytest.approx((4.0, 0.2))
+    assert affine([(0.2, 1.0), (0.05, 0.1)]) == pytest.approx((5.0, 0.0))  # fixed < 0: all per MPx
+    labelled, _ = data
+    _, raw = project(tmp_path, labelled)
+    config = config_from_dict(raw)
+    samples = read_samples(config.data, config.split)
+    train_item_s, infer_item_s = item_costs(config, samples[:3])
+    assert 0 < train_item_s < 1 and 0 < infer_item_s < 1  # decoding, resizing, scoring
+    speed = measure_speed(config, (64, 64), "cpu", samples)
+    assert speed.train_s_per_mpx > 0 and speed.infer_s_per_mpx > 0
+    assert speed.infer_item_s > 0 and speed.device == "cpu"
+
+
+def test_a_choice_without_tta_is_scored_and_submitted_plain_whatever_the_runs_infer_says():
+    choice = {"runs": ["run"], "checkpoint": "best", "tta": {}, "weights": None}
+    assert oof.choice_spec(choice, "cpu").overrides == {"tta": "none", "scales": [1.0]}
+    scales = {**choice, "tta": {"tta": "hflip", "scales": [0.75, 1.0, 1.25]}}
+    assert oof.choice_spec(scales, "cpu").overrides == scales["tta"]
 
 
 def test_a_budget_below_the_smallest_plan_names_the_minimum():
@@ -176,6 +241,24 @@ def test_compete_end_to_end_keeps_what_helps_drops_what_does_not(
     again = run_cli("compete", config, "--test-images", test, "--budget-min", 30,
                     "--out", out)  # fmt: skip
     assert again.exit_code == 2 and "--resume" in again.output  # same competition, no --resume
+
+
+@pytest.mark.slow
+def test_a_time_bound_competition_trains_by_the_clock_within_its_budget(data, tmp_path):
+    labelled, test = data
+    _, raw = project(tmp_path, labelled)
+    raw["train"]["epochs"] = 30  # a full schedule does not fit one minute at this speed
+    speed = Speed(train_s_per_mpx=50.0, infer_s_per_mpx=10.0, device="cpu")
+    comp = runner.compete(config_from_dict(raw), test, 1.0, out=tmp_path / "out",
+                          probe=lambda c, s: speed, n_boot=200, echo=lambda line: None)  # fmt: skip
+    plan = comp.record["plan"]
+    assert plan["run_budget_s"] and plan["swa_start"] is None
+    run = Path(comp.record["stages"]["folds"]["runs"][0])
+    summary = json.loads((run / "summary.json").read_text())
+    planned_min = plan["run_budget_s"]["folds"] / 60
+    assert summary["budget"]["minutes"] == pytest.approx(planned_min, abs=1e-3)
+    assert comp.record["stages"]["submit"]["status"] == "done"
+    assert comp.spent_s() <= 60 * 1.25  # the whole competition, with a loaded machine's slack
 
 
 @pytest.mark.slow

@@ -1,7 +1,9 @@
 """The plan of `segarena compete`: folds, input size, epochs and optional stages for a budget.
 
-Cost model (seconds; `t_train`, `t_infer` = the probe's seconds per image per megapixel x
-the image's megapixels x DATA_FACTOR for loading and augmentation):
+Cost model (seconds; `t_train`, `t_infer` = per image, the probe's seconds per megapixel x
+the image's megapixels x DATA_FACTOR, plus the probe's fixed seconds per image: the
+model's own share that does not shrink with the input, and decoding, resizing,
+augmenting and scoring at mask resolution, segarena.compete.probe):
 
     a fold      = epochs x (n_train x t_train + n_val x t_infer) + final scoring
                   (+ SWA's BN pass and its own scoring) + FOLD_OVERHEAD_S
@@ -39,7 +41,7 @@ from segarena.train.budget import BudgetTooSmall  # one error for every budget t
 
 SCALES = (1.0, 0.75, 0.5, 0.375, 0.25)
 MIN_SIDE = 32  # and sizes are multiples of it (the encoders' output stride)
-DATA_FACTOR = 1.3  # loading, augmentation, the optimizer's bookkeeping over the bare probe
+DATA_FACTOR = 1.3  # the loop's bookkeeping, workers sharing the cores, over the bare probe
 FOLD_OVERHEAD_S = 5.0  # per fold: loaders, model build, checkpoints
 STAGE_OVERHEAD_S = 5.0  # per scoring stage: loading the models
 MIN_EPOCHS = 8
@@ -77,6 +79,9 @@ class CompetePlan:
     speed: dict
     facts: dict
     reasons: list[str] = field(default_factory=list)
+    # a time-bound plan's runs train with train.budget_min: seconds of the fold run and of
+    # the pseudo run (None: fixed epochs, the plan's `epochs`)
+    run_budget_s: dict[str, float] | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -195,13 +200,20 @@ def choose_folds_and_stages(costs: Costs, usable: float, size, reasons: list[str
     else:
         reasons.append(f"all {k} folds fit a full schedule at {size[1]}x{size[0]}")
     floor = min(full, math.ceil(FULL_SHARE * bare_epochs))
-    for variant in VARIANTS:  # the last one (no optional stage) always passes
+    time_bound = bare_epochs < full
+    # a time-bound plan trains by the clock (train.budget_min), and SWA needs to know
+    # in advance which epochs are the last ones
+    variants = [v for v in VARIANTS if not (time_bound and v["swa"])]
+    for variant in variants:  # the last one (no optional stage) always passes
         epochs, stages = costs.most_epochs(usable, size, k, multiscale=False, **variant)
-        if epochs >= floor or variant == VARIANTS[-1]:
+        if epochs >= floor or variant == variants[-1]:
             break
     for name, on in variant.items():
         what = {"pseudo": "pseudo-label round", "swa": "SWA of the last epochs"}[name]
         cost = "planned" if on else f"left out: it would leave fewer than {floor} epochs"
+        if name == "swa" and time_bound:
+            cost = ("left out: the runs train by the clock (fewer epochs than a full "
+                    "schedule fit), and SWA needs a fixed epoch count")  # fmt: skip
         reasons.append(f"{what}: {cost}")
     return k, epochs, variant, stages
 
@@ -213,9 +225,10 @@ def plan_competition(facts: DataFacts, speed: Speed, budget_s: float) -> Compete
     min_epochs = min(MIN_EPOCHS, facts.max_epochs)
     sizes = sizes_to_try(facts.size, facts.resizable)
     reasons = [
-        f"measured on {speed.device}: {speed.train_s_per_mpx:.3g} s per training image and "
-        f"{speed.infer_s_per_mpx:.3g} s per inference per megapixel (x{DATA_FACTOR} for "
-        f"loading); {facts.images} labelled images, {facts.test_images} test images, "
+        f"measured on {speed.device}: a training image {speed.train_item_s:.3g} s + "
+        f"{speed.train_s_per_mpx:.3g} s per megapixel, an inference {speed.infer_item_s:.3g} s "
+        f"+ {speed.infer_s_per_mpx:.3g} s per megapixel (x{DATA_FACTOR} on the megapixel "
+        f"part); {facts.images} labelled images, {facts.test_images} test images, "
         f"{facts.folds} folds in the config's split"
     ]
     if not facts.resizable:
@@ -246,24 +259,37 @@ def plan_competition(facts: DataFacts, speed: Speed, budget_s: float) -> Compete
             f"fewer than {min_epochs} epochs fit anywhere: {epochs} at the smallest size"
         )
     scale, size, k, epochs, variant, stages = chosen
+    # multi-scale TTA: when its scoring is cheap, and it keeps FULL_SHARE of the epochs
+    multiscale = costs.score_s(size, k, costs.multiscale_views()) <= MULTISCALE_SHARE * budget_s
+    if multiscale:
+        ms_epochs, with_ms = costs.most_epochs(usable, size, k, multiscale=True, **variant)
+        multiscale = ms_epochs >= max(1, math.ceil(FULL_SHARE * epochs))
+        if multiscale:
+            epochs, stages = ms_epochs, with_ms
+    left_out = (
+        f"left out (its scoring exceeds {MULTISCALE_SHARE:.0%} of the budget, or it would "
+        f"cost more than {1 - FULL_SHARE:.0%} of the epochs)"
+    )
+    reasons.append(f"multi-scale TTA {MULTISCALE}: " + ("planned" if multiscale else left_out))
     reasons.append(
         f"{epochs} epochs: the most that fit"
         + (f" (capped at train.epochs={facts.max_epochs})" if epochs == facts.max_epochs else "")
         + f"; {costs.epoch_s(size) / 60:.2f} min per epoch and fold"
     )
-    multiscale = costs.score_s(size, k, costs.multiscale_views()) <= MULTISCALE_SHARE * budget_s
-    if multiscale:
-        with_ms = costs.stages(size, k, epochs, multiscale=True, **variant)
-        multiscale = sum(with_ms.values()) <= usable
-        stages = with_ms if multiscale else stages
-    left_out = (
-        f"left out (its scoring exceeds {MULTISCALE_SHARE:.0%} of the budget or the time left)"
-    )
-    reasons.append(f"multi-scale TTA {MULTISCALE}: " + ("planned" if multiscale else left_out))
     spare = usable - sum(stages.values())
     reasons.append(f"planned {sum(stages.values()) / 60:.1f} of {budget_s / 60:.1f} min "
                    f"({spare / 60:.1f} min spare, {RESERVE:.0%} reserve)")  # fmt: skip
     swa_start = max(1, epochs - max(1, epochs // 4) + 1) if variant["swa"] else None
+    run_budget_s = None
+    if epochs < facts.max_epochs:  # time-bound: each run fills its planned seconds
+        run_budget_s = {
+            "folds": round(costs.run_s(size, k, epochs), 1),
+            "pseudo": round(costs.run_s(size, k, epochs, extra=facts.test_images), 1),
+        }
+        reasons.append(
+            "the runs train with train.budget_min (their planned minutes): its own probe "
+            "times this machine's real pipeline and corrects the epochs after epoch 1"
+        )
     return CompetePlan(
         folds=list(range(k)),
         image_size=list(size),
@@ -277,6 +303,7 @@ def plan_competition(facts: DataFacts, speed: Speed, budget_s: float) -> Compete
         speed=speed.as_dict(),
         facts=asdict(facts),
         reasons=reasons,
+        run_budget_s=run_budget_s,
     )
 
 
@@ -292,7 +319,8 @@ def plan_lines(plan: CompetePlan) -> list[str]:
     """The plan for the terminal, before training."""
     h, w = plan.image_size
     head = (
-        f"plan: folds {plan.folds}, input {w}x{h} (scale {plan.scale:g}), {plan.epochs} epochs, "
+        f"plan: folds {plan.folds}, input {w}x{h} (scale {plan.scale:g}), "
+        f"{'about ' if plan.run_budget_s else ''}{plan.epochs} epochs, "
         f"pseudo {'yes' if plan.pseudo else 'no'}, SWA "
         f"{'from epoch ' + str(plan.swa_start) if plan.swa_start else 'no'}, multi-scale TTA "
         f"{'yes' if plan.multiscale else 'no'}"

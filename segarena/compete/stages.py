@@ -108,7 +108,12 @@ class Stages:
         """The config's runs train with the plan: input size, epochs, SWA, pseudo folder."""
         raw = self.config.model_dump(mode="json")
         train = raw["train"]
-        train.update(epochs=self.plan.epochs, budget_min=None)
+        budgets = self.plan.run_budget_s
+        if budgets:  # time-bound: the run fits its epochs to its planned minutes
+            seconds = budgets["pseudo" if pseudo is not None else "folds"]
+            train.update(epochs=None, budget_min=round(seconds / 60, 3))
+        else:
+            train.update(epochs=self.plan.epochs, budget_min=None)
         if self.plan.swa_start is not None:
             swa = train.get("swa") or {}
             train["swa"] = {**swa, "start_epoch": min(swa.get("start_epoch", 10**9),
