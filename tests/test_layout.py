@@ -26,6 +26,7 @@ STAGES = [
     "labels",
     "ablate",
     "compete",
+    "init",
     "cli",
 ]
 

@@ -256,9 +256,25 @@ def test_coco_unknown_category_id_names_annotation(tmp_path):
 
 
 def test_coco_category_name_not_in_classes(tmp_path):
-    config = _coco_dataset(tmp_path, [], categories=[{"id": 1, "name": "Bicycle"}])
+    used = [{"image_id": 1, "category_id": 1, "segmentation": _poly(0, 4, 0, 4)}]
+    config = _coco_dataset(tmp_path, used, categories=[{"id": 1, "name": "Bicycle"}])
     message = _errors(config)
     assert "ann.json" in message and "'Bicycle'" in message and "'person'" in message
+
+
+def test_coco_category_no_annotation_uses_is_left_out_with_a_note(tmp_path, caplog):
+    # Roboflow's parent category: id 0, the dataset's name, the supercategory of the rest
+    categories = [
+        {"id": 0, "name": "medical-waste", "supercategory": "none"},
+        {"id": 3, "name": "Car", "supercategory": "medical-waste"},
+    ]
+    used = [{"image_id": 1, "category_id": 3, "segmentation": _poly(0, 10, 0, 20)}]
+    config = _coco_dataset(tmp_path, used, categories=categories)
+    with caplog.at_level("INFO", logger="segarena.data.coco"):
+        one, _, _ = read_samples(config)
+    assert load_mask(one)[5, 10] == 2  # Car is still class 2
+    notes = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert len(notes) == 1 and "'medical-waste' (id 0)" in notes[0] and "ann.json" in notes[0]
 
 
 # ---------------------------------------------------------------- groups

@@ -14,6 +14,7 @@ from segarena.cli import ablation, compete, inference, reports, team, training
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
 COMMANDS = {
+    "init": training.init,
     "train": training.train,
     "split": training.split,
     "ablate": ablation.ablate,

@@ -58,6 +58,9 @@ def evaluate(
     fold: int = typer.Option(None, "--fold", help="Only this fold's checkpoints."),
     images: Path = typer.Option(None, "--images", help="Score a labelled folder instead..."),
     masks: Path = typer.Option(None, "--masks", help="...with its masks (matched by stem)."),
+    coco: Path = typer.Option(
+        None, "--coco", help="...or its COCO json (--images defaults to the json's folder)."
+    ),
     tta: str = TtaOption,
     scales: str = ScalesOption,
     merge: str = MergeOption,
@@ -72,9 +75,14 @@ def evaluate(
     from segarena.infer.evaluate import evaluate_ensemble
 
     spec = ensemble_spec(run_dirs, locals()).with_folds(None if fold is None else [fold])
-    if (images is None) != (masks is None):
-        raise UserError("--images and --masks go together: a labelled folder needs both")
-    result = evaluate_ensemble(spec, split, images=images, masks=masks, workers=workers)
+    if masks is not None and coco is not None:
+        raise UserError("--masks and --coco: give one of them as the labels of --images")
+    if images is not None and masks is None and coco is None:
+        raise UserError("--images needs its labels: --masks FOLDER or --coco FILE")
+    if masks is not None and images is None:
+        raise UserError("--masks needs --images: a labelled folder needs both")
+    result = evaluate_ensemble(spec, split, images=images, masks=masks, coco=coco,
+                               workers=workers)  # fmt: skip
     per_fold = ", ".join(f"{f['fold']}: {f['miou']:.4f}" for f in result["folds"])
     typer.echo(f"{result['split']} mIoU {result['miou']:.4f} (folds {per_fold})")
 
@@ -82,8 +90,11 @@ def evaluate(
 @friendly_errors
 def predict(
     run_dirs: list[Path] = typer.Argument(..., help="Run directories; all their folds ensemble."),
-    images: Path = typer.Option(..., "--images", help="Folder of the images to predict."),
+    images: Path = typer.Option(None, "--images", help="Folder of the images to predict."),
     out: Path = typer.Option(..., "--out", help="Submission file (csv, rle) or folder (png)."),
+    coco: Path = typer.Option(
+        None, "--coco", help="test.json: its images, in its order (--images: its folder)."
+    ),
     tta: str = TtaOption,
     scales: str = ScalesOption,
     merge: str = MergeOption,
@@ -105,7 +116,11 @@ def predict(
 
     spec = ensemble_spec(run_dirs, locals())
     shape = parse_size(size, "--size")
-    count = write_submission(spec, images, out, fmt=fmt, sample=sample, size=shape, workers=workers)
+    if images is None and coco is None:
+        raise UserError("predict: give --images FOLDER, or --coco test.json")
+    images = Path(coco).parent if images is None else images
+    count = write_submission(spec, images, out, fmt=fmt, sample=sample, size=shape,
+                             workers=workers, coco=coco)  # fmt: skip
     typer.echo(f"wrote {out} ({count} images, {fmt}, validated)")
 
 

@@ -1,4 +1,4 @@
-"""The training commands: train and split."""
+"""The training commands: init, train and split."""
 
 from __future__ import annotations
 
@@ -122,3 +122,33 @@ def split(
 
 def _stop(signum, frame) -> None:
     raise KeyboardInterrupt
+
+
+@friendly_errors
+def init(
+    data: Path = typer.Argument(
+        ..., help="The dataset folder: COCO jsons, or image + mask folders."
+    ),
+    coco: Path = typer.Option(
+        None, "--coco", help="The COCO json (file_name relative to its folder)."
+    ),
+    budget_min: float = typer.Option(
+        None,
+        "--budget-min",
+        help="Training minutes: train.budget_min, and the input size a speed probe fits to it.",
+    ),
+    out: Path = typer.Option(Path("exp.yaml"), "--out", help="The config to write."),
+    name: str = typer.Option(None, "--name", help="experiment (default: the folder's name)."),
+    device: str = typer.Option("auto", "--device", help="The device to size the input for."),
+    force: bool = typer.Option(False, "--force", help="Replace --out when it exists."),
+) -> None:
+    """Look at a dataset and write a commented config that runs as written."""
+    from segarena.init import init_config
+
+    if budget_min is not None and budget_min <= 0:
+        raise UserError(f"--budget-min {budget_min:g}: expected minutes above 0")
+    lines = init_config(data, out, coco=coco, budget_min=budget_min, name=name, device=device,
+                        force=force, command=f"segarena init {data}")  # fmt: skip
+    for line in lines:
+        typer.echo(line)
+    typer.echo(f"wrote {out}; next: segarena split {out}, then segarena train {out}")

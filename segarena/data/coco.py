@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from pycocotools.coco import COCO
 
 from segarena.errors import UserError
 from segarena.util.text import problem_lines
+
+log = logging.getLogger(__name__)
 
 
 def read_coco(path: Path, classes: list[str]) -> list[tuple[dict, tuple]]:
@@ -71,17 +74,26 @@ def _polygon_problem(segmentation: object) -> str | None:
 
 
 def _category_classes(dataset: dict, classes: list[str], path: Path) -> dict[int, int]:
-    """COCO category id -> class id, matched by name (case-insensitive) to data.classes."""
+    """COCO category id -> class id, matched by name (case-insensitive) to data.classes.
+    A category that no annotation uses and data.classes does not name is left out with
+    one log line: every Roboflow export has one (id 0, the dataset's name, the
+    `supercategory` of the real classes), and it must not block the data."""
     index = {name.lower(): i for i, name in enumerate(classes)}
-    class_of = {}
+    used = {ann.get("category_id") for ann in dataset.get("annotations", [])}
+    class_of, unused = {}, []
     for cat in dataset.get("categories", []):
         name = str(cat["name"])
-        if name.lower() not in index:
+        if name.lower() in index:
+            class_of[cat["id"]] = index[name.lower()]
+        elif cat["id"] not in used:
+            unused.append(f"{name!r} (id {cat['id']})")
+        else:
             raise UserError(
                 f"{path}: category {name!r} (id {cat['id']}) is not in data.classes {classes}; "
                 "add it there (classes[0] is the background) or rename the category"
             )
-        class_of[cat["id"]] = index[name.lower()]
+    if unused:
+        log.info("%s: left out the categories no annotation uses: %s", path, ", ".join(unused))
     return class_of
 
 

@@ -67,6 +67,7 @@ def evaluate(
     split: str = "val",
     images: str | Path | None = None,
     masks: str | Path | None = None,
+    coco: str | Path | None = None,
     checkpoint: str = "best",
     weights: Sequence[float] | None = None,
     folds: Sequence[int] | None = None,
@@ -78,7 +79,8 @@ def evaluate(
     """Score `runs` (one run, or an ensemble of runs sharing folds.csv).
 
     Without `images`, each fold is scored on its own `split` images ("val": the honest
-    out-of-fold score); with `images` and `masks`, every model scores that labelled folder.
+    out-of-fold score); with `images` and `masks` (or a COCO json `coco`, the images by
+    default in its folder), every model scores that labelled set.
     `options` are inference options: tta ("none", "hflip", "vflip", "d4"), scales, merge,
     window, overlap, sw_batch_size."""
     spec = _spec(runs, checkpoint=checkpoint, weights=weights, folds=folds, device=device,
@@ -88,6 +90,7 @@ def evaluate(
         split,
         images=None if images is None else Path(images),
         masks=None if masks is None else Path(masks),
+        coco=None if coco is None else Path(coco),
         workers=workers,
     )
     return Scores(

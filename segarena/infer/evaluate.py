@@ -72,9 +72,15 @@ def score_samples(
     return np.asarray(matrix.matrix, dtype=np.int64)
 
 
-def labelled_folder(config, images: Path, masks: Path) -> list[Sample]:
-    """Samples of an image folder + mask folder (matched by stem), checked like training's."""
-    source = Source(images=str(Path(images).resolve()), masks=str(Path(masks).resolve()))
+def labelled_folder(
+    config, images: Path, masks: Path | None = None, coco: Path | None = None
+) -> list[Sample]:
+    """Samples of an image folder with its mask folder (matched by stem) or its COCO json
+    (categories matched to data.classes by name), checked like training's."""
+    if coco is not None:
+        source = Source(images=str(Path(images).resolve()), coco=str(Path(coco).resolve()))
+    else:
+        source = Source(images=str(Path(images).resolve()), masks=str(Path(masks).resolve()))
     data = config.data.model_copy(update={"root": "/", "sources": [source], "cleanse": None})
     return read_samples(data, SplitConfig())
 
@@ -85,26 +91,33 @@ def evaluate_ensemble(
     *,
     images: Path | None = None,
     masks: Path | None = None,
+    coco: Path | None = None,
     workers: int = 0,
 ) -> dict[str, Any]:
     """Score the ensemble `spec` names (one run: its folds) and write a json of the result.
 
     Without `images`, each fold's `split` images are scored (see the module docstring);
-    with `images` and `masks`, that labelled folder is. `spec.folds` (one fold) keeps that
-    fold's checkpoints only. The result (pooled and per-fold scores, members, options) goes
-    to the first run directory as eval_<split or folder-NAME><options>.json and is returned,
+    with `images` and `masks` (or a COCO json `coco`, whose images are in `images`, by
+    default the json's folder, as Roboflow exports them), that labelled set is.
+    `spec.folds` (one fold) keeps that fold's checkpoints only. The result (pooled and
+    per-fold scores, members, options) goes to the first run directory as
+    eval_<split, folder-NAME or coco-NAME><options>.json and is returned,
     with that file's `path`.
     """
     run_dirs, checkpoint, weights = spec.run_dirs, spec.checkpoint, spec.weights
     fold = None if spec.folds is None else spec.folds[0]
     if split not in SPLITS:
         raise BadOption("split", f"{split!r}: expected one of {', '.join(SPLITS)}")
-    if (images is None) != (masks is None):
-        raise UserError("images and masks go together: a labelled folder needs both")
+    if masks is not None and coco is not None:
+        raise UserError("masks and coco: give one of them as the labels of the images")
+    if coco is not None and images is None:
+        images = Path(coco).parent
+    if (images is None) != (masks is None and coco is None):
+        raise UserError("images need their labels: give masks (a folder) or coco (a json)")
     run = RunDir(run_dirs[0]).check((RUN, CONFIG, FOLDS))
     config = run.config()
     if images is not None:
-        targets = labelled_folder(config, images, masks)
+        targets = labelled_folder(config, images, masks, coco)
         ensemble = Ensemble.from_spec(spec)
         matrix = score_samples(
             ensemble, targets, config.data.ignore_index, workers, spec.batch_size
@@ -112,7 +125,8 @@ def evaluate_ensemble(
         fold_name = "all" if fold is None else fold
         per_fold = [{"fold": fold_name, "images": len(targets), **scores(matrix)}]
         matrices, options = [matrix], ensemble.members[0].options
-        label = f"folder-{Path(images).name}"  # never mistaken for a split's file
+        # never mistaken for a split's file
+        label = f"{'coco' if coco is not None else 'folder'}-{Path(images).name}"
         members = [m.name for m in ensemble.members]
     else:
         label = split

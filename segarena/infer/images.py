@@ -15,6 +15,23 @@ from segarena.errors import BadOption
 T = TypeVar("T")
 
 
+def coco_file_names(path: Path) -> list[str]:
+    """The `file_name` of every image a COCO json lists, in the json's order: the ids a
+    contest's test.json gives (the annotations, if any, are not read)."""
+    import json
+
+    try:
+        listed = json.loads(Path(path).read_text(encoding="utf-8"))["images"]
+        names = [str(info["file_name"]) for info in listed]
+    except FileNotFoundError:
+        raise BadOption("coco", f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise BadOption("coco", f"{path}: not a COCO json with images ({exc!r})") from None
+    if not names:
+        raise BadOption("coco", f"{path}: lists no images")
+    return names
+
+
 def list_images(images_dir: Path, ids: list[str] | None = None) -> list[tuple[str, Path]]:
     """(id, path) of the images to predict: the sample's ids, or every image in the folder."""
     images_dir = Path(images_dir)

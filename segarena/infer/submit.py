@@ -6,8 +6,9 @@ probabilities and the models, whatever the folder's size. The submission is vali
 before it is moved into place.
 
 Image ids: with a sample submission, its ids (e.g. `batch_01_vt/0021.jpg`) name the
-files under --images, in the sample's order; without one, every image under --images
-(recursively, sorted) is predicted and its id is its path relative to --images.
+files under --images, in the sample's order; with a COCO json (a contest's test.json),
+its images' file_name, in its order; otherwise every image under --images (recursively,
+sorted) is predicted and its id is its path relative to --images.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from torch.utils.data import DataLoader
 
 from segarena.errors import BadOption
 from segarena.infer.ensemble import Ensemble, EnsembleSpec
-from segarena.infer.images import ImageFiles, as_is, list_images, same_size_batches
+from segarena.infer.images import (
+    ImageFiles,
+    as_is,
+    coco_file_names,
+    list_images,
+    same_size_batches,
+)
 from segarena.records.leaderboard import write_sidecar
 from segarena.run_dir.layout import RunDir
 from segarena.submission.codecs import sample_image_ids
@@ -38,6 +45,7 @@ def write_submission(
     sample: Path | None = None,
     size: tuple[int, int] | None = None,
     workers: int = 0,
+    coco: Path | None = None,
 ) -> int:
     """Predict every image with the ensemble `spec` names and write the `fmt` submission
     to `out`; returns the image count.
@@ -51,6 +59,8 @@ def write_submission(
     check_output(Path(out), fmt)
     num_classes = RunDir(spec.run_dirs[0]).config().data.num_classes
     ids = sample_image_ids(sample, fmt, num_classes) if sample else None
+    if ids is None and coco is not None:
+        ids = coco_file_names(coco)
     items = list_images(images, ids)
     ensemble = Ensemble.from_spec(spec)
     dtype = np.uint8 if ensemble.num_classes <= 256 else np.int32

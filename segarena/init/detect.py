@@ -1,0 +1,181 @@
+"""What `segarena init` finds in a dataset folder before any config exists: its labelled
+sources (COCO jsons or image + mask folders), the test split it leaves alone, the classes
+and the void value. Every guess is returned with the note that explains it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from segarena.errors import UserError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# a mask folder is named after its image folder plus one of these (CamVid: train/trainannot)
+MASK_SUFFIXES = ("annot", "_annot", "masks", "_masks", "mask", "_mask", "labels", "_labels",
+                 "annotations", "_annotations", "gt", "_gt")  # fmt: skip
+MASK_PARTNERS = {"images": "masks", "imgs": "masks", "image": "mask", "img": "mask"}
+TEST_NAMES = {"test", "testing"}
+VAL_NAMES = {"val", "valid", "validation"}
+CLASS_FILES = ("classes.txt", "class_names.txt", "labels.txt")
+VOID = 255
+
+
+@dataclass
+class Found:
+    """The labelled sources (data.sources entries, relative to `root`), the classes and
+    ignore_index, what was left out, and one note per guess."""
+
+    root: Path
+    kind: str  # "coco" or "masks"
+    sources: list[dict]
+    classes: list[str]
+    ignore_index: int
+    notes: list[str] = field(default_factory=list)
+    test: list[str] = field(default_factory=list)  # test folders or jsons, not in sources
+
+
+def find_data(data: Path, coco: Path | None = None) -> Found:
+    """The labelled data in folder `data` (see the module docstring); UserError when there
+    is none."""
+    if not data.is_dir():
+        raise UserError(f"DATA {data}: not a folder; expected the dataset's folder")
+    if coco is not None:
+        if not coco.is_file():
+            raise UserError(f"--coco {coco}: file not found")
+        return _coco_found(data, [coco.resolve()], [], note_given=True)
+    jsons = [p for p in sorted([*data.glob("*.json"), *data.glob("*/*.json")]) if _is_coco(p)]
+    if jsons:
+        test = [p for p in jsons if _split_name(p.parent, data) in TEST_NAMES]
+        return _coco_found(data, [p for p in jsons if p not in test], test)
+    return _masks_found(data)
+
+
+def _is_coco(path: Path) -> bool:
+    try:
+        head = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(head, dict) and {"images", "annotations", "categories"} <= set(head)
+
+
+def _split_name(folder: Path, data: Path) -> str:
+    return "" if folder.resolve() == data.resolve() else folder.name.lower()
+
+
+def _relative(path: Path, data: Path) -> str:
+    try:
+        return path.resolve().relative_to(data.resolve()).as_posix() or "."
+    except ValueError:
+        return str(path.resolve())
+
+
+def _coco_found(data: Path, jsons: list[Path], test: list[Path], note_given=False) -> Found:
+    used: dict[str, int] = {}  # category name -> annotations, over every json
+    order: dict[str, int] = {}  # category name -> its smallest id
+    for path in jsons:
+        dataset = json.loads(path.read_text(encoding="utf-8"))
+        counts: dict[int, int] = {}
+        for ann in dataset["annotations"]:
+            counts[ann.get("category_id")] = counts.get(ann.get("category_id"), 0) + 1
+        for cat in dataset["categories"]:
+            name = str(cat["name"])
+            order[name] = min(order.get(name, cat["id"]), cat["id"])
+            used[name] = used.get(name, 0) + counts.get(cat["id"], 0)
+    kept = sorted((n for n in order if used[n]), key=lambda n: order[n])
+    if not kept:
+        raise UserError(f"{', '.join(map(str, jsons))}: no annotation uses any category")
+    sources, notes = [], []
+    for path in jsons:
+        source = {"images": _relative(path.parent, data), "coco": _relative(path, data)}
+        if _split_name(path.parent, data) in VAL_NAMES:
+            source["role"] = "val"
+        sources.append(source)
+    how = "the --coco file" if note_given else f"{len(jsons)} COCO json(s) found"
+    notes.append(f"classes: {how}; categories in id order after background (class 0)")
+    unused = [n for n in order if not used[n]]
+    if unused:
+        notes.append(f"left out: categories no annotation uses ({', '.join(unused)})")
+    if any(s.get("role") == "val" for s in sources):
+        notes.append("the valid split is pooled into the folds (its role: val is read only "
+                     "by split.method: predefined)")  # fmt: skip
+    for path in test:
+        notes.append(f"left for the end: {_relative(path, data)} (never trained or tuned on)")
+    return Found(data, "coco", sources, ["background", *kept], VOID, notes,
+                 [_relative(p, data) for p in test])  # fmt: skip
+
+
+def _images_in(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS}
+
+
+def _masks_found(data: Path) -> Found:
+    folders = [p for p in sorted(data.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    by_name = {p.name.lower(): p for p in folders}
+    pairs = []
+    for folder in folders:
+        names = [folder.name.lower() + s for s in MASK_SUFFIXES]
+        names.append(MASK_PARTNERS.get(folder.name.lower(), ""))
+        partner = next((by_name[n] for n in names if n in by_name), None)
+        if partner is None:
+            continue
+        images, masks = _images_in(folder), _images_in(partner)
+        if images and len(images.keys() & masks.keys()) >= len(images) / 2:
+            pairs.append((folder, partner))
+    if not pairs:
+        raise UserError(
+            f"DATA {data}: found no COCO json and no image folder with a mask folder beside "
+            f"it (named like train + trainannot, images + masks); give --coco FILE"
+        )
+    test = [(i, m) for i, m in pairs if i.name.lower() in TEST_NAMES]
+    labelled = [(i, m) for i, m in pairs if (i, m) not in test]
+    sources = []
+    for images, masks in labelled:
+        source = {"images": images.name, "masks": masks.name}
+        if images.name.lower() in VAL_NAMES:
+            source["role"] = "val"
+        sources.append(source)
+    values = _mask_values([m for _, m in labelled])
+    real = sorted(v for v in values if v != VOID)
+    names, notes = _class_names(data, real)
+    if VOID in values:
+        notes.append(f"ignore_index: {VOID}, a guess: masks use it and it looks like void")
+    else:
+        notes.append(f"ignore_index: {VOID} (unused): no void value found; if one of the "
+                     "values marks unlabelled pixels, set data.ignore_index to it")  # fmt: skip
+    for images, masks in test:
+        notes.append(f"left for the end: {images.name} + {masks.name} (never trained or "
+                     "tuned on)")  # fmt: skip
+    return Found(data, "masks", sources, names, VOID, notes,
+                 [f"{i.name} + {m.name}" for i, m in test])  # fmt: skip
+
+
+def _mask_values(folders: list[Path]) -> set[int]:
+    """Every value any mask of `folders` holds (palette PNGs give their indices)."""
+    values: set[int] = set()
+    for folder in folders:
+        for path in _images_in(folder).values():
+            with Image.open(path) as mask:
+                values |= {int(v) for v in np.unique(np.asarray(mask))}
+    return values
+
+
+def _class_names(data: Path, values: list[int]) -> tuple[list[str], list[str]]:
+    """Names of the classes 0..max(values): from a classes file when there is one."""
+    count = max(values) + 1
+    for name in CLASS_FILES:
+        path = data / name
+        if path.is_file():
+            lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+            lines = [ln for ln in lines if ln]
+            if len(lines) >= count:
+                return lines[:count], [f"classes: names from {name}, values 0..{count - 1}"]
+    names = [f"class_{v}" for v in range(count)]
+    missing = sorted(set(range(count)) - set(values))
+    note = f"classes: the mask values 0..{count - 1}, named class_<value> (rename them)"
+    if missing:
+        note += f"; values {missing} appear in no mask"
+    return names, [note]
