@@ -3,8 +3,9 @@
 The plain loop is SMP's CamVid example: Unet, Adam (lr 1e-3), cross-entropy, horizontal
 flips, every image held in memory as a tensor, fp32, constant lr, epochs until the budget
 is spent (an epoch that would end past it is not started; scoring is not counted). It runs
-twice: resnet18 from scratch, and tu-efficientnet_lite0 with the packaged ImageNet weights
-segarena loads. segarena runs configs/camvid.yaml with train.budget_min = the budget,
+twice: resnet18 from scratch (ImageNet statistics), and tu-efficientnet_lite0 with the
+packaged ImageNet weights segarena loads and their own normalisation (mean = std = 0.5, as
+segarena gets them; figures before 2026-12-05 gave this loop ImageNet statistics). segarena runs configs/camvid.yaml with train.budget_min = the budget,
 which counts its validation and final scoring too; it validates only its last epoch, so
 no checkpoint is picked on the frames being scored.
 
@@ -46,8 +47,17 @@ from segarena.train.run import fit
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "camvid.yaml"
 CLASSES, IGNORE, HELD_OUT = 11, 11, "0001TP"
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)  # SMP's ImageNet preprocessing
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+IMAGENET = (  # SMP's preprocessing for the from-scratch resnet18
+    torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+    torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
+)
+# the packaged lite weights were trained with TensorFlow's preprocessing, mean = std = 0.5
+# (what configs/camvid.yaml gives segarena); ImageNet statistics would handicap the peer
+LITE = (torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.5))
+
+
+def norm_of(encoder: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return LITE if "efficientnet_lite" in encoder else IMAGENET
 
 
 def read_split(root: Path, setting: str) -> tuple[list[Path], list[Path]]:
@@ -88,12 +98,13 @@ def plain_loop(encoder: str, pretrained: bool, x, y, budget_s: float, seed: int 
         load_encoder_weights(model, packaged_file(encoder))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
+    mean, std = norm_of(encoder)
     start, epochs, epoch_s = time.perf_counter(), 0, 0.0
     while time.perf_counter() - start + epoch_s <= budget_s:
         epoch_start = time.perf_counter()
         model.train()
         for idx in torch.randperm(len(x)).split(8):
-            images, masks = (x[idx].float() / 255 - MEAN) / STD, y[idx]
+            images, masks = (x[idx].float() / 255 - mean) / std, y[idx]
             flip = torch.rand(len(idx)) < 0.5
             images[flip], masks[flip] = images[flip].flip(-1), masks[flip].flip(-1)
             loss = loss_fn(model(images), masks)
@@ -106,14 +117,15 @@ def plain_loop(encoder: str, pretrained: bool, x, y, budget_s: float, seed: int 
 
 
 @torch.no_grad()
-def per_image_matrices(model, paths: list[Path], size: tuple[int, int]) -> np.ndarray:
+def per_image_matrices(model, paths: list[Path], size: tuple[int, int], encoder: str) -> np.ndarray:
     """Confusion matrix of each scored image, at its mask's resolution."""
     model.eval()
+    mean, std = norm_of(encoder)
     x, _ = load_tensors(paths, size)
     cms = []
     for image, path in zip(x, paths):
         target = torch.from_numpy(np.asarray(Image.open(mask_path(path))).astype(np.int64))
-        probs = model(((image[None].float() / 255) - MEAN) / STD).softmax(1)
+        probs = model(((image[None].float() / 255) - mean) / std).softmax(1)
         probs = F.interpolate(probs, size=target.shape, mode="bilinear", align_corners=False)
         cms.append(confusion_matrix(probs.argmax(1)[0], target, CLASSES, IGNORE).numpy())
     return np.stack(cms).astype(np.int64)
@@ -153,7 +165,7 @@ def run_setting(args, setting: str) -> float:
     rows, plain_cms = [ours], []
     for encoder, pretrained in (("resnet18", False), ("tu-efficientnet_lite0", True)):
         model, epochs, seconds, speed = plain_loop(encoder, pretrained, x, y, args.budget_min * 60)
-        cms = per_image_matrices(model, scored, size)
+        cms = per_image_matrices(model, scored, size, encoder)
         plain_cms.append(cms)
         name = f"plain {encoder.removeprefix('tu-')} ({'imagenet' if pretrained else 'scratch'})"
         rows.append({"arm": name, "miou": scores(cms.sum(0))["miou"], "epochs": epochs,

@@ -7,10 +7,10 @@ Each implementation runs in its own subprocess so that its peak resident memory
 (getrusage maxrss; plus torch.cuda.max_memory_allocated on a GPU) is its own. The two
 outputs are compared on a grid of pixels to show they compute the same thing.
 
-segarena runs the model as predict loads it: weights channels-last (NHWC convolutions,
-segarena.infer.ensemble.inference_model); MONAI runs it as loaded, as its users would.
-That memory format is where segarena's lead comes from: with the same format, the two
-blend at the same speed (the model's forward passes are almost all of the time).
+Both run the model as predict loads it: weights channels-last (NHWC convolutions,
+segarena.infer.ensemble.inference_model). Until 2026-12-05 MONAI got the model in the
+default format, and that format was all of segarena's lead; with the same format the two
+blend at about the same speed (the model's forward passes are almost all of the time).
 
 segarena gets the image as predict holds it, uint8 pixels, MONAI the same pixels as
 float32 (its output buffers take the input's dtype, so uint8 fails); both normalise each
@@ -68,10 +68,10 @@ def normalize(pixels: torch.Tensor) -> torch.Tensor:
 
 def make_model(device: torch.device, impl: str) -> torch.nn.Module:
     """The same weights for both; segarena's loaded as predict loads a checkpoint
-    (`inference_model`: weights channels-last), MONAI's as its users load a model."""
+    (`inference_model`: weights channels-last); MONAI gets the same format."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch="Unet", encoder="resnet18"), CLASSES)
-    return inference_model(model, device) if impl == "segarena" else model.eval().to(device)
+    return inference_model(model, device)
 
 
 def monai_probs(model, image, args, device) -> torch.Tensor:

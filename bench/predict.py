@@ -1,19 +1,25 @@
 """Prediction speed: `segarena predict` against the plain loop a user would write.
 
-The plain loop reads each image with OpenCV, resizes it to the model's input size,
-normalises it, runs the model on batches (DataLoader workers decode meanwhile), upsamples
-the logits to the submission's 256x256, takes the argmax and writes the csv. With
-`--tta hflip` it also averages the softmax of the flipped view. It runs under bf16
-autocast, as the recipe trained (train.precision: bf16-mixed), and so does segarena. segarena runs
-`write_submission` on the same run directory and images: its own loader, resize, batching
-of same-size images, TTA, and a submission validated before it is moved into place.
+The plain loop reads each image with OpenCV and resizes it to the model's input size in
+DataLoader workers (uint8 tensors cross the process boundary), normalises the batch, runs
+the model, upsamples the probabilities to the submission's 256x256, takes the argmax and
+writes the csv. With `--tta hflip` it also averages the softmax of the flipped view.
+segarena runs `write_submission` on the same run directory and images: its own loader,
+resize, batching of same-size images, TTA, and a submission validated before it is moved
+into place.
 
-Both run the same weights on the same images in this process, alternating rounds so that
-machine noise hits both alike. The model is the CamVid recipe's (Unet, lite0, 192x256)
-with random weights (speed does not depend on them). The last line is `ratio: X.XX`, the
-worse of the two settings (segarena images/s over plain images/s).
+The peer gets what segarena gets (2026-12-05): the same precision (`--precision`, written
+into the run's config: bf16 autocast or float32), channels-last memory, normalisation on
+the batch, and segarena's vectorised csv encoder (`encode_pixels`) instead of joining one
+Python string per pixel, so the ratio measures the pipelines, not those tricks.
+
+Both run the same weights on the same images in this process, in alternating order from
+round to round, so that machine noise hits both alike. The model is the CamVid recipe's
+(Unet, lite0, 192x256) with random weights (speed does not depend on them). The last line
+is `ratio: X.XX`, the worse of the two settings (segarena images/s over plain images/s).
 
     python bench/predict.py [--data ../shared/data/camvid] [--images 200] [--rounds 3]
+                            [--precision 32-true|bf16-mixed]
 """
 
 from __future__ import annotations
@@ -38,18 +44,17 @@ from segarena.config import dump_config, load_config
 from segarena.infer.ensemble import EnsembleSpec
 from segarena.infer.submit import write_submission
 from segarena.model.build import build_model
-from segarena.submission.codecs import read_submission
+from segarena.submission.codecs import encode_pixels, read_submission
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "camvid.yaml"
 SIZE = (256, 256)  # the csv submission's mask size
 
 
 class Frames(Dataset):
-    """What a user writes: read, resize to the model's size, normalise, CHW float."""
+    """What a user writes: read, resize to the model's size, CHW uint8."""
 
-    def __init__(self, paths, size, mean, std):
+    def __init__(self, paths, size):
         self.paths, self.size = paths, size
-        self.mean, self.std = np.float32(mean) * 255, np.float32(std) * 255
 
     def __len__(self):
         return len(self.paths)
@@ -57,33 +62,39 @@ class Frames(Dataset):
     def __getitem__(self, index):
         image = cv2.cvtColor(cv2.imread(str(self.paths[index])), cv2.COLOR_BGR2RGB)
         image = cv2.resize(image, self.size[::-1], interpolation=cv2.INTER_LINEAR)
-        image = (image.astype(np.float32) - self.mean) / self.std
-        return self.paths[index].name, torch.from_numpy(image.transpose(2, 0, 1))
+        return self.paths[index].name, torch.from_numpy(image.transpose(2, 0, 1).copy())
 
 
 @torch.inference_mode()
 def plain_predict(model, paths, config, out: Path, tta: str, batch: int, workers: int) -> float:
     """The hand-written loop; returns images/s."""
     start = time.perf_counter()
-    frames = Frames(paths, config.data.image_size, config.data.mean, config.data.std)
-    loader = DataLoader(frames, batch_size=batch, num_workers=workers)
+    mean = torch.tensor(config.data.mean).view(1, 3, 1, 1)
+    std = torch.tensor(config.data.std).view(1, 3, 1, 1)
+    loader = DataLoader(Frames(paths, config.data.image_size), batch_size=batch,
+                        num_workers=workers)  # fmt: skip
+    bf16 = config.train.precision == "bf16-mixed"
     with open(out, "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["image_id", "PredictionString"])
         for names, images in loader:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            images = ((images.float() / 255 - mean) / std).contiguous(
+                memory_format=torch.channels_last
+            )
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 probs = model(images).float().softmax(1)
                 if tta == "hflip":
                     probs = (probs + model(images.flip(3)).float().softmax(1).flip(3)) / 2
             probs = F.interpolate(probs, SIZE, mode="bilinear", align_corners=False)
-            for name, mask in zip(names, probs.argmax(1).numpy()):
-                writer.writerow([name, " ".join(map(str, mask.ravel().tolist()))])
+            for name, mask in zip(names, probs.argmax(1).numpy().astype(np.uint8)):
+                writer.writerow([name, encode_pixels(mask)])
     return len(paths) / (time.perf_counter() - start)
 
 
-def make_run(root: Path, data: Path) -> tuple[Path, torch.nn.Module, object]:
+def make_run(root: Path, data: Path, precision: str) -> tuple[Path, torch.nn.Module, object]:
     """A one-fold run directory holding the recipe's model with random weights."""
-    config = load_config(CONFIG, [f"data.root={data}", "model.encoder_weights=null"])
+    overrides = [f"data.root={data}", "model.encoder_weights=null", f"train.precision={precision}"]
+    config = load_config(CONFIG, overrides)
     torch.manual_seed(0)
     model = build_model(config.model, config.data.num_classes).eval()
     run_dir = root / "run"
@@ -111,6 +122,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8, help="the plain loop's batch")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--precision", choices=["32-true", "bf16-mixed"], default="32-true",
+        help="both sides' (bf16 is 20x slower on a CPU without AVX512-BF16)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="segarena-bench-predict-"))
@@ -121,7 +136,8 @@ def main() -> None:
     for path in paths:
         (images / path.name).symlink_to(path.resolve())
     paths = sorted(images.iterdir())
-    run_dir, model, config = make_run(root, Path(args.data).resolve())
+    run_dir, model, config = make_run(root, Path(args.data).resolve(), args.precision)
+    model = model.to(memory_format=torch.channels_last)  # as segarena's Ensemble loads it
 
     ratios = {}
     for tta in ("none", "hflip"):
@@ -129,13 +145,14 @@ def main() -> None:
         ours, plain = [], []
         plain_predict(model, paths[: args.batch], config, root / "warm.csv", tta, args.batch, 0)
         for round_ in range(args.rounds):
-            start = time.perf_counter()
-            write_submission(spec, images, root / "ours.csv", workers=args.workers)
-            ours.append(len(paths) / (time.perf_counter() - start))
-            plain.append(
-                plain_predict(model, paths, config, root / "plain.csv", tta, args.batch,
-                              args.workers)
-            )  # fmt: skip
+            for side in ("ours", "plain") if round_ % 2 == 0 else ("plain", "ours"):
+                if side == "ours":
+                    start = time.perf_counter()
+                    write_submission(spec, images, root / "ours.csv", workers=args.workers)
+                    ours.append(len(paths) / (time.perf_counter() - start))
+                else:
+                    plain.append(plain_predict(model, paths, config, root / "plain.csv", tta,
+                                               args.batch, args.workers))  # fmt: skip
             print(f"tta {tta}, round {round_ + 1}: segarena {ours[-1]:.2f} img/s, "
                   f"plain {plain[-1]:.2f} img/s")  # fmt: skip
         ratios[tta] = statistics.median(ours) / statistics.median(plain)
@@ -144,7 +161,7 @@ def main() -> None:
         print(f"tta {tta}: ratio {ratios[tta]:.2f} (per-round spread {spread:.2f})")
     print(f"{len(paths)} CamVid images, model {config.model.arch}/{config.model.encoder} at "
           f"{config.data.image_size}, csv {SIZE}, {args.workers} workers, "
-          f"torch threads {torch.get_num_threads()}")  # fmt: skip
+          f"{args.precision}, torch threads {torch.get_num_threads()}")  # fmt: skip
     print(f"ratio: {min(ratios.values()):.2f}")
 
 

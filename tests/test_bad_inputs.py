@@ -431,10 +431,6 @@ def test_bad_input_ends_cleanly(setup, code, message, tmp_path, trained, monkeyp
     assert not (tmp_path / "pwned").exists()  # nothing was unpickled
 
 
-def test_the_table_covers_at_least_40_cases():
-    assert len(CASES) >= 40
-
-
 def test_evaluate_on_a_folder_does_not_mention_resume(tmp_path):
     result = run_cli("evaluate", tmp_path)
     assert result.exit_code == 2 and "--resume" not in result.output

@@ -102,6 +102,8 @@ def test_budget_run_plans_epochs_fits_the_schedule_and_records_time(tmp_path):
     budget = json.loads((run_dir / "summary.json").read_text())["budget"]
     assert budget["minutes"] == 0.15 and budget["epochs"] == [plan["epochs"]]
     assert 0 < budget["used_s"] and budget["used_share"] == pytest.approx(budget["used_s"] / 9)
+    # the point of a budget: a run that overruns it by half (or uses half of it) fails here
+    assert 0.5 <= budget["used_share"] <= 1.5, budget
 
 
 @pytest.mark.slow  # trains

@@ -20,6 +20,7 @@ from segarena.data.folds import read_folds
 from segarena.data.readers import load_mask, read_samples
 from segarena.errors import UserError
 from segarena.labels.audit import audit_run
+from segarena.train import parts
 from segarena.train.experiment import fold_data
 
 IGNORE = 255
@@ -171,12 +172,23 @@ def test_a_mask_edited_after_the_audit_is_a_user_error(audited, tmp_path):
 
 
 @pytest.mark.slow  # runs `segarena train`
-def test_training_runs_on_cleansed_labels(audited, tmp_path):
+def test_training_runs_on_cleansed_labels(audited, tmp_path, monkeypatch):
     run_dir, config, _, _ = audited
     config = with_cleanse(config, audit=str(run_dir / "audit"), action="relabel")
     config["train"].update(epochs=1)
     config["records"]["out"] = str(tmp_path / "runs")
+    trained_on = []
+    real = parts.train_dataset
+
+    def spy(cfg, samples):  # the samples the fold's training dataset is built from
+        trained_on.extend(samples)
+        return real(cfg, samples)
+
+    monkeypatch.setattr(parts, "train_dataset", spy)
     result = run_cli("train", write_config(tmp_path / "c.yaml", config), "--fold", "0")
     assert result.exit_code == 0, result.output
+    given, fixed = cleansed(config)
+    assert trained_on and all(np.array_equal(load_mask(s), fixed[s.id]) for s in trained_on)
+    assert any(not np.array_equal(fixed[s.id], given[s.id]) for s in trained_on)
     (run,) = (tmp_path / "runs" / "tiny").glob("*/config.yaml")
     assert yaml.safe_load(run.read_text())["data"]["cleanse"]["action"] == "relabel"

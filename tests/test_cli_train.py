@@ -130,7 +130,8 @@ def test_debug_run_passes_when_loss_falls(tmp_path):
     assert run_dir.name.endswith("-debug")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["epochs"] == 2  # --debug overrides train.epochs
-    assert len(history(run_dir)) == 2
+    records = history(run_dir)
+    assert len(records) == 2 and records[1]["train_loss"] < records[0]["train_loss"]
 
 
 def test_debug_run_fails_when_loss_does_not_fall(tmp_path):

@@ -230,10 +230,12 @@ def test_the_same_seed_mixes_the_same_way(method):
 def test_each_batch_gets_at_most_one_method_at_its_rate():
     mixer = mixer_for(mixup_p=0.3, copy_paste_p=0.2)
     counts = {"mixup": 0, "copy_paste": 0}
+    applied: list[str] = []  # the methods applied to the current batch
 
     def counting(name):
         def method(images, masks, model):
             counts[name] += 1
+            applied.append(name)
             return images, masks
 
         return method
@@ -241,8 +243,13 @@ def test_each_batch_gets_at_most_one_method_at_its_rate():
     mixer.methods = [(0.3, counting("mixup")), (0.2, counting("copy_paste"))]
     torch.manual_seed(9)
     images, masks = id_batch()
+    per_batch = []
     for _ in range(1000):
+        applied.clear()
         mixer(images, masks)
+        per_batch.append(len(applied))
+    assert max(per_batch) == 1  # never two methods on one batch
+    assert abs(per_batch.count(0) - 500) < 50  # the rest go unmixed
     assert abs(counts["mixup"] - 300) < 50 and abs(counts["copy_paste"] - 200) < 45
 
 

@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import history
 from synthetic import frozen_config, make_mask_folder, tiny_config
 
 from segarena.config import config_from_dict, load_config
 from segarena.errors import UserError
+from segarena.train.fold import TrainHooks
 from segarena.train.run import fit
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -50,7 +52,15 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
         split={"method": "holdout"},
         train={"epochs": 1, "precision": "bf16-mixed"},
     )
-    run_dir = fit(config_from_dict(raw), tmp_path / "runs").path
+    dtypes: set[torch.dtype] = set()
+
+    def watch_first_conv(epoch, learner):  # an ignored precision would leave float32 here
+        conv = next(m for m in learner.model.modules() if isinstance(m, torch.nn.Conv2d))
+        conv.register_forward_hook(lambda module, inputs, output: dtypes.add(output.dtype))
+
+    hooks = TrainHooks(on_epoch_start=watch_first_conv)
+    run_dir = fit(config_from_dict(raw), tmp_path / "runs", hooks=hooks).path
+    assert dtypes == {torch.bfloat16}
     record = history(run_dir)[0]
     assert record["train_loss"] == record["train_loss"]  # not NaN
     env = json.loads((run_dir / "env.json").read_text())
