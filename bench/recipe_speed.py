@@ -99,7 +99,7 @@ def plain_epoch(x, y, batch: int, augment: A.Compose | None) -> float:
         else:  # the recipe's transforms, image by image, as a user would call them
             pairs = [augment(image=i.numpy(), mask=m.numpy()) for i, m in zip(images, masks)]
             images = torch.from_numpy(np.stack([p["image"] for p in pairs])).permute(0, 3, 1, 2)
-            masks = torch.from_numpy(np.stack([p["mask"] for p in pairs]))
+            masks = torch.from_numpy(np.stack([p["mask"] for p in pairs])).long()
             images = images.float()
         loss = loss_fn(model((images / 255 - 0.5) / 0.5), masks)
         optimizer.zero_grad()
