@@ -5,8 +5,9 @@ flips, every image held in memory as a tensor, fp32, constant lr, epochs until t
 is spent (an epoch that would end past it is not started; scoring is not counted). It runs
 twice: resnet18 from scratch (ImageNet statistics), and tu-efficientnet_lite0 with the
 packaged ImageNet weights segarena loads and their own normalisation (mean = std = 0.5, as
-segarena gets them; figures before 2026-12-05 gave this loop ImageNet statistics). segarena runs configs/camvid.yaml with train.budget_min = the budget,
-which counts its validation and final scoring too; it validates only its last epoch, so
+segarena gets them; figures before 2026-12-05 gave this loop ImageNet statistics).
+segarena runs configs/camvid.yaml with train.budget_min = the budget, which counts its
+validation and final scoring too; it validates only its last epoch, so
 no checkpoint is picked on the frames being scored.
 
 Two settings, every arm scored the same way at mask resolution (softmax, resize to the
