@@ -133,3 +133,35 @@ def corrupt_pixels(path: Path) -> None:
         out += struct.pack(">I", size) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
         pos += 12 + size
     path.write_bytes(bytes(out))
+
+
+def make_roboflow_export(root: Path, size: int = 160, seed: int = 0) -> Path:
+    """A Roboflow-shaped COCO export: root/{train,valid,test}/_annotations.coco.json with
+    its images; train holds 4 sources x 3 augmented copies (`src<k>_jpg.rf.<hash>.jpg`),
+    valid and test 3 images each; category 0 is the unused parent category."""
+    rng = np.random.default_rng(seed)
+    categories = [{"id": 0, "name": "boxes", "supercategory": "none"}] + [
+        {"id": c, "name": CLASSES[c], "supercategory": "boxes"} for c in (1, 2, 3)
+    ]
+    names = {
+        "train": [f"src{k}_jpg.rf.{k}{copy:031x}.jpg" for k in range(4) for copy in range(3)],
+        "valid": [f"val{k}_jpg.rf.{k:032x}.jpg" for k in range(3)],
+        "test": [f"test{k}_jpg.rf.{k:032x}.jpg" for k in range(3)],
+    }
+    for split, files in names.items():
+        folder = root / split
+        folder.mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for i, name in enumerate(files):
+            image, _, boxes = draw_sample(rng, size)
+            Image.fromarray(image).save(folder / name, quality=95)
+            images.append({"id": i, "file_name": name, "height": size, "width": size})
+            for cls, x, y, w, h in boxes:
+                annotations.append({
+                    "id": len(annotations), "image_id": i, "category_id": cls, "iscrowd": 0,
+                    "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
+                    "area": float(w * h), "bbox": [x, y, w, h],
+                })  # fmt: skip
+        data = {"images": images, "annotations": annotations, "categories": categories}
+        (folder / "_annotations.coco.json").write_text(json.dumps(data))
+    return root
