@@ -40,18 +40,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 import yaml
+from camvid_budget import plain_loop
 from PIL import Image
 
 from segarena.compete.oof import choice_spec
 from segarena.config import load_config
 from segarena.infer.ensemble import Ensemble
 from segarena.metrics import bootstrap_miou_diff_ci, confusion_matrix, scores
-from segarena.model.pretrained import packaged_file
-from segarena.model.weights import load_encoder_weights
 from segarena.train.run import fit
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "camvid.yaml"
@@ -161,25 +159,10 @@ def plain_arm(data: Path, budget: float, images, masks) -> tuple[np.ndarray, dic
     y = torch.from_numpy(np.stack([np.asarray(Image.open(data / "labelled" / "masks" / p.name)
                                               .resize((w, h), Image.NEAREST))
                                    for p in paths]).astype(np.int64))  # fmt: skip
-    torch.manual_seed(0)
-    model = smp.Unet("tu-efficientnet_lite0", encoder_weights=None, classes=CLASSES)
-    load_encoder_weights(model, packaged_file("tu-efficientnet_lite0"))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
-    start, epochs, epoch_s = time.perf_counter(), 0, 0.0
-    while time.perf_counter() - start + epoch_s <= budget * 60:
-        began = time.perf_counter()
-        model.train()
-        for idx in torch.randperm(len(x)).split(8):
-            batch, target = (x[idx].float() / 255 - 0.5) / 0.5, y[idx]
-            flip = torch.rand(len(idx)) < 0.5
-            batch[flip], target[flip] = batch[flip].flip(-1), target[flip].flip(-1)
-            loss = loss_fn(model(batch), target)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        epoch_s, epochs = time.perf_counter() - began, epochs + 1
-    minutes = (time.perf_counter() - start) / 60
+    # the same loop as bench/camvid_budget.py's (SMP's example, the lite weights' own
+    # normalisation), which this directory puts on the import path
+    model, epochs, seconds, _ = plain_loop("tu-efficientnet_lite0", True, x, y, budget * 60)
+    minutes = seconds / 60
     model.eval()
 
     @torch.no_grad()

@@ -78,22 +78,20 @@ def init_config(
 
 def _epoch_seconds(text, samples, split: dict, device: str):
     """epoch_s(size): one fold's training epoch and its share of validation, in seconds,
-    from one speed probe of the draft's model (segarena.compete.probe)."""
-    from segarena.compete.plan import DATA_FACTOR
+    from one speed probe of the draft's model and compete's cost model per image."""
+    from segarena.compete.plan import Costs, DataFacts
     from segarena.compete.probe import measure_speed
 
     native = (samples[0].height, samples[0].width)
     reference = scaled(native, min(PROBE_LONG_SIDE, max(native)))
     config = config_from_dict(yaml.safe_load(text(reference, "")), source="segarena init")
     speed = measure_speed(config, tuple(reference), device, samples)
-    n_val = len(samples) / split["n_folds"]
-    n_train = len(samples) - n_val
+    facts = DataFacts(images=len(samples), size=tuple(reference), folds=split["n_folds"],
+                      test_images=0)  # fmt: skip
+    costs = Costs(facts, speed)
 
-    def epoch_s(size: list[int]) -> float:
-        mpx = size[0] * size[1] / 1e6
-        train = speed.train_item_s + speed.train_s_per_mpx * mpx * DATA_FACTOR
-        infer = speed.infer_item_s + speed.infer_s_per_mpx * mpx * DATA_FACTOR
-        return n_train * train + n_val * infer / 2  # validating every 2nd epoch
+    def epoch_s(size: list[int]) -> float:  # validating every 2nd epoch
+        return costs.n_train * costs.t_train(size) + costs.n_val * costs.t_infer(size) / 2
 
     return epoch_s
 

@@ -46,20 +46,26 @@ def find_data(data: Path, coco: Path | None = None) -> Found:
     if coco is not None:
         if not coco.is_file():
             raise UserError(f"--coco {coco}: file not found")
-        return _coco_found(data, [coco.resolve()], [], note_given=True)
-    jsons = [p for p in sorted([*data.glob("*.json"), *data.glob("*/*.json")]) if _is_coco(p)]
+        dataset = _coco_json(coco)
+        if dataset is None:
+            raise UserError(f"--coco {coco}: not a COCO json (images, annotations, categories)")
+        return _coco_found(data, {coco.resolve(): dataset}, [], note_given=True)
+    parsed = {p: _coco_json(p) for p in sorted([*data.glob("*.json"), *data.glob("*/*.json")])}
+    jsons = [p for p, dataset in parsed.items() if dataset is not None]
     if jsons:
         test = [p for p in jsons if _split_name(p.parent, data) in TEST_NAMES]
-        return _coco_found(data, [p for p in jsons if p not in test], test)
+        return _coco_found(data, {p: parsed[p] for p in jsons if p not in test}, test)
     return _masks_found(data)
 
 
-def _is_coco(path: Path) -> bool:
+def _coco_json(path: Path) -> dict | None:
+    """The parsed json when it is a COCO dataset (images, annotations, categories)."""
     try:
         head = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(head, dict) and {"images", "annotations", "categories"} <= set(head)
+        return None
+    is_coco = isinstance(head, dict) and {"images", "annotations", "categories"} <= set(head)
+    return head if is_coco else None
 
 
 def _split_name(folder: Path, data: Path) -> str:
@@ -73,11 +79,10 @@ def _relative(path: Path, data: Path) -> str:
         return str(path.resolve())
 
 
-def _coco_found(data: Path, jsons: list[Path], test: list[Path], note_given=False) -> Found:
+def _coco_found(data: Path, jsons: dict[Path, dict], test: list[Path], note_given=False) -> Found:
     used: dict[str, int] = {}  # category name -> annotations, over every json
     order: dict[str, int] = {}  # category name -> its smallest id
-    for path in jsons:
-        dataset = json.loads(path.read_text(encoding="utf-8"))
+    for dataset in jsons.values():
         counts: dict[int, int] = {}
         for ann in dataset["annotations"]:
             counts[ann.get("category_id")] = counts.get(ann.get("category_id"), 0) + 1
