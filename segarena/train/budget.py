@@ -22,7 +22,7 @@ from segarena.config import Config, TrainConfig
 from segarena.errors import UserError
 from segarena.model.build import unwrap
 from segarena.run_dir.layout import RunDir
-from segarena.run_dir.schema import Budget, EpochRecord, FoldResult, Plan
+from segarena.run_dir.schema import Budget, FoldResult, Plan
 from segarena.train.distributed import say
 from segarena.train.loop import StepSettings, train_one_epoch, validate
 from segarena.train.parts import FoldParts, fold_scheduler
@@ -225,14 +225,15 @@ def plan_budget(
 
 def replan_budget(
     config: Config, fabric: Fabric, parts: FoldParts, plan: Plan, state: LoopState, *,
-    record: EpochRecord, run_dir: RunDir, fold: int,
+    epoch_s: float, validated: bool, run_dir: RunDir, fold: int,
 ) -> Plan:  # fmt: skip
-    """train.budget_min after epoch 1: correct the epochs from its measured time, rebuild
-    the lr schedule over them at the current update, and save the new plan."""
-    epoch_s, swa = record.seconds, config.train.swa is not None
+    """train.budget_min after epoch 1: correct the epochs from its measured time (`epoch_s`,
+    validation aside), rebuild the lr schedule over them at the current update, and save
+    the new plan."""
+    swa = config.train.swa is not None
     # state.seconds: the fold's time so far, over every session
     plan = replan(
-        plan, state.seconds, epoch_s, config.train.val_every, swa=swa, validated=record.validated
+        plan, state.seconds, epoch_s, config.train.val_every, swa=swa, validated=validated
     )
     plan.epochs = fabric.broadcast(plan.epochs, src=0)
     learner = parts.learner

@@ -142,6 +142,7 @@ class FoldTrainer:
         """Train one epoch. Reseeding per epoch makes its batches, augmentations and
         dropout the same whether or not the run was resumed before it."""
         epoch = self.state.epoch + 1
+        self.epoch_started = time.perf_counter()
         reseed(self.parts, self.config.train.seed + epoch - 1)
         if self.hooks.on_epoch_start is not None:
             self.hooks.on_epoch_start(epoch, self.parts.learner)
@@ -192,18 +193,12 @@ class FoldTrainer:
             ).matrix  # fmt: skip
 
     def end_epoch(self, record: EpochRecord) -> None:
-        """Step the epoch schedule, report, correct a budget plan after epoch 1, and save:
-        metrics.jsonl and MLflow first, then last.ckpt (a resume re-trains unsaved epochs)."""
+        """Step the epoch schedule, report, and save: metrics.jsonl and MLflow first, then
+        last.ckpt (a resume re-trains unsaved epochs); correct a budget plan after epoch 1."""
         self.schedule.step_epoch(record.epoch, record.val_miou)
         self.state.epoch = record.epoch
         self.state.seconds = self.seconds_before + time.perf_counter() - self.started
         self.progress.summary(self.fold, record, self.state.best_miou, self.early_stop())
-        if self.plan is not None and not self.plan.replanned:  # before last.ckpt saves it
-            self.plan = replan_budget(
-                self.config, self.fabric, self.parts, self.plan, self.state,
-                record=record, run_dir=self.run_dir, fold=self.fold,
-            )  # fmt: skip
-            self.epochs = self.plan.epochs
         if self.hooks.on_epoch_end is not None:
             self.hooks.on_epoch_end(record, self.parts.learner)
         # data.on_bad_image: skip -- images any process left out reach rank 0's last.ckpt
@@ -213,11 +208,33 @@ class FoldTrainer:
         if self.fabric.is_global_zero:
             self.save(record)
         self.fabric.barrier()
+        if self.plan is not None and not self.plan.replanned:
+            self.replan(record)
+
+    def replan(self, record: EpochRecord) -> None:
+        """train.budget_min: correct the epochs from epoch 1's whole cycle, its checkpoint
+        writes and logging included (they are most of a tiny epoch), then save last.ckpt
+        again with the schedule rebuilt over them."""
+        self.state.seconds = self.seconds_before + time.perf_counter() - self.started
+        cycle_s = time.perf_counter() - self.epoch_started
+        # validation is planned apart (every val_every epochs) from the probe's timing
+        epoch_s = max(record.seconds, cycle_s - (self.plan.val_s if record.validated else 0.0))
+        self.plan = replan_budget(
+            self.config, self.fabric, self.parts, self.plan, self.state,
+            epoch_s=epoch_s, validated=record.validated, run_dir=self.run_dir, fold=self.fold,
+        )  # fmt: skip
+        self.epochs = self.plan.epochs
+        if self.fabric.is_global_zero:
+            self.save_last()
+        self.fabric.barrier()
 
     def save(self, record: EpochRecord) -> None:
         self.run_dir.append_metrics(self.fold, record)
         metrics = {f"fold{self.fold}/{k}": v for k, v in record.to_json().items() if k != "epoch"}
         self.tracker.log_metrics(metrics, record.epoch)
+        self.save_last()
+
+    def save_last(self) -> None:
         learner = self.parts.learner
         checkpoint = {
             "model": unwrap(learner.model).state_dict(),
