@@ -78,6 +78,16 @@ def test_a_roboflow_export_gives_a_config_that_trains_as_written(tmp_path):
         ids = [row["image_id"] for row in csv.DictReader(f)]
     listed = [info["file_name"] for info in json.loads(test_json.read_text())["images"]]
     assert ids == listed
+    # pseudo labels the json's images, no others, from the json's folder
+    (export / "test" / "stray.jpg").write_bytes((export / "test" / listed[0]).read_bytes())
+    pseudo = tmp_path / "pseudo"
+    result = run_cli("pseudo", run_dir, "--coco", test_json, "--out", pseudo, "--workers", "0")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((pseudo / "pseudo.json").read_text())
+    assert [r["image"] for r in manifest["images"]] == [
+        str((export / "test" / name).resolve()) for name in listed
+    ]
+    assert len(list((pseudo / "masks").rglob("*.png"))) == len(listed)
 
 
 def test_mask_folders_with_sequences_and_void_are_grouped_and_ignored(tmp_path):

@@ -166,7 +166,10 @@ def tune_weights(
 @friendly_errors
 def pseudo(
     run_dirs: list[Path] = typer.Argument(..., help="Run directories; all their folds ensemble."),
-    images: Path = typer.Option(..., "--images", help="Folder of unlabelled images."),
+    images: Path = typer.Option(None, "--images", help="Folder of unlabelled images..."),
+    coco: Path = typer.Option(
+        None, "--coco", help="...or a test.json: its images, in its order (--images: its folder)."
+    ),
     out: Path = typer.Option(..., "--out", help="New folder: masks/, pairs.txt, pseudo.json."),
     threshold: float = typer.Option(
         0.9, "--threshold", help="Keep a pixel's argmax where its probability reaches this."
@@ -187,9 +190,12 @@ def pseudo(
     """Pseudo-label a folder of images (confident pixels only) for data.pseudo."""
     from segarena.labels.pseudo import write_pseudo_labels
 
+    if images is None and coco is None:
+        raise UserError("pseudo: give --images FOLDER, or --coco test.json")
+    images = Path(coco).parent if images is None else images
     spec = ensemble_spec(run_dirs, locals())
     manifest = write_pseudo_labels(
-        spec, images, out, threshold=threshold, workers=workers, force=force
+        spec, images, out, threshold=threshold, workers=workers, force=force, coco=coco
     )
     typer.echo(
         f"wrote {out}: {manifest['image_count']} images, {manifest['kept_share']:.1%} of "

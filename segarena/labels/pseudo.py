@@ -1,6 +1,7 @@
 """Pseudo-labels: an ensemble's confident predictions on unlabelled images, as training data.
 
-`segarena pseudo RUN_DIR... --images DIR --out DIR` writes one folder:
+`segarena pseudo RUN_DIR... --images DIR --out DIR` (or `--coco test.json`: the images the
+json lists, in its order) writes one folder:
 
     masks/<image id>.png  uint8, at the image's own size: the ensemble's argmax where its top
                           probability reaches --threshold (compared in float32), the runs'
@@ -37,7 +38,13 @@ from torch.utils.data import DataLoader
 from segarena.data.pseudo_source import MANIFEST, MASKS, PAIRS
 from segarena.errors import UserError
 from segarena.infer.ensemble import Ensemble, EnsembleSpec
-from segarena.infer.images import ImageFiles, as_is, list_images, same_size_batches
+from segarena.infer.images import (
+    ImageFiles,
+    as_is,
+    coco_file_names,
+    list_images,
+    same_size_batches,
+)
 from segarena.infer.options import infer_options
 from segarena.records.tracking import environment
 from segarena.run_dir.layout import RunDir
@@ -61,9 +68,12 @@ def write_pseudo_labels(
     threshold: float = 0.9,
     workers: int = 0,
     force: bool = False,
+    coco: Path | None = None,
 ) -> dict[str, Any]:
     """Pseudo-label every image under `images` with the ensemble `spec` names into the
-    folder `out` (see the module docstring); returns what pseudo.json holds.
+    folder `out` (see the module docstring); returns what pseudo.json holds. With `coco`
+    (a contest's test.json) only the images it lists, in its order, with `images`
+    defaulting to the json's folder.
 
     An existing non-empty `out` is an error unless `force`, which replaces only an earlier
     pseudo-label folder (one with pseudo.json).
@@ -75,7 +85,7 @@ def write_pseudo_labels(
     run_dirs = list(spec.run_dirs)
     _check_out(out, Path(images), run_dirs, force)
     classes, ignore_index = _labels_of(run_dirs)
-    items = list_images(Path(images))
+    items = list_images(Path(images), coco_file_names(coco) if coco is not None else None)
     names = _mask_names([image_id for image_id, _ in items])
     ensemble = Ensemble.from_spec(spec)
     out.parent.mkdir(parents=True, exist_ok=True)
