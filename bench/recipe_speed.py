@@ -57,10 +57,11 @@ def lay_out(data: Path, root: Path, count: int) -> None:
             (root / f"{split}annot" / image.name).symlink_to(mask.resolve())
 
 
-def segarena_epoch(root: Path, out: Path, round_: int) -> float:
+def segarena_epoch(root: Path, out: Path, tag: object, extra: list[str] = ()) -> float:
+    """Images/s of one epoch of the recipe (with `extra` overrides) on `root`'s frames."""
     overrides = [
         f"data.root={root}", "split.method=predefined", "train.epochs=1",
-        "train.val_every=1000", f"experiment=speed{round_}", "records.mlflow=false",
+        "train.val_every=1000", f"experiment=speed{tag}", "records.mlflow=false", *extra,
     ]  # fmt: skip
     run = fit(load_config(RECIPE, overrides), out, folds=[0])
     lines = (run.path / "fold_0" / "metrics.jsonl").read_text().splitlines()

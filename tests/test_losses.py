@@ -183,3 +183,26 @@ def test_bad_params_name_the_term(name, params, message):
     cfg = LossConfig(terms=[LossTerm(name="ce"), LossTerm(name=name, params=params)])
     with pytest.raises(UserError, match=rf"loss\.terms\[1\]\.params .*{name!r}.*{message}"):
         build_loss(cfg, num_classes=C, ignore_index=IGNORE)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"alpha": 0.25, "gamma": 1.5}, {"class_weights": [1.0, 2.0, 0.5, 3.0]},
+     {"reduced_threshold": 0.5}],
+)  # fmt: skip
+def test_focal_equals_smps_loop_in_value_and_gradient(params):
+    """segarena's one-pass focal replaces SMP's per-class loop: same numbers, any params."""
+    import segmentation_models_pytorch as smp
+
+    ours = LOSSES.create("focal", num_classes=C, ignore_index=IGNORE, **params)
+    assert type(ours.loss).__name__ == "OneVsRestFocal"
+    reference = smp.losses.FocalLoss(mode="multiclass", ignore_index=IGNORE, **params)
+    logits, target = make_batch(3)
+    logits = logits.contiguous(memory_format=torch.channels_last)  # the recipe's format
+    value, grad = loss_and_grad(ours, logits, target)
+    expected, expected_grad = loss_and_grad(reference, logits, target)
+    assert value == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-7)
+    # normalized focal reduces per class: that option keeps SMP's own loop
+    normalized = LOSSES.create("focal", num_classes=C, ignore_index=IGNORE, normalized=True)
+    assert isinstance(normalized.loss, smp.losses.FocalLoss)
