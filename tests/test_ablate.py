@@ -241,7 +241,9 @@ def test_inference_arms_run_no_optimizer_step(helps):
     assert steps == [1]  # the hook sees every optimizer's steps
     steps.clear()
     try:
-        result = run_cli(*args, "--infer-arm", "hflip=tta=hflip,scales=0.75,1.0", "--n-boot", "500")
+        infer_arms = ["--infer-arm", "hflip=tta=hflip,scales=0.75,1.0"]
+        infer_arms += ["--infer-arm", "vflip=tta=vflip"]
+        result = run_cli(*args, *infer_arms, "--n-boot", "500")
     finally:
         handle.remove()
     assert result.exit_code == 0, result.output
@@ -249,12 +251,21 @@ def test_inference_arms_run_no_optimizer_step(helps):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.ckpt")} == before
     assert len(run_dirs(out)) == 2
     rows = read_rows(root / "ablation.csv")
-    assert list(rows) == ["baseline", "lr", "holdout", "hflip"]
-    hflip = rows["hflip"]
-    assert hflip["kind"] == "infer" and hflip["minutes"] == "" and "no training" in hflip["note"]
-    low, high = float(hflip["ci_low_points"]), float(hflip["ci_high_points"])
-    assert low <= float(hflip["gain_points"]) <= high
-    assert hflip["verdict"] == ("helps" if low > 0 else "hurts" if high < 0 else "can't tell")
+    assert list(rows) == ["baseline", "lr", "holdout", "hflip", "vflip"]
+    for name in ("hflip", "vflip"):
+        row = rows[name]
+        assert row["kind"] == "infer" and row["minutes"] == "" and "no training" in row["note"]
+        low, high = float(row["ci_low_points"]), float(row["ci_high_points"])
+        assert low <= float(row["gain_points"]) <= high
+        assert row["verdict"] == ("helps" if low > 0 else "hurts" if high < 0 else "can't tell")
+    # The baseline learned nothing (lr 1e-20), so flipping its input moves its guesses
+    # at random. Measured: hflip with two scales is below 0 throughout (-2.9 to -1.0
+    # points): "hurts"; vflip's interval holds 0 (-1.0 to +0.3 points): "can't tell",
+    # the verdict a rule that looks at one end of the interval only gets wrong.
+    hflip, vflip = rows["hflip"], rows["vflip"]
+    assert float(hflip["ci_high_points"]) < 0 and hflip["verdict"] == "hurts"
+    assert float(vflip["ci_low_points"]) < 0 < float(vflip["ci_high_points"])
+    assert vflip["verdict"] == "can't tell"
     assert (root / "infer_hflip_seed0.npz").is_file()
     # the same arm under another setting is refused: the ablation recorded it
     result = run_cli(*args, "--infer-arm", "hflip=tta=vflip")

@@ -16,6 +16,7 @@ from synthetic import make_coco, make_mask_folder, tiny_config
 
 from segarena.config import config_from_dict
 from segarena.data.readers import load_mask, read_samples
+from segarena.run_dir.checkpoints import load_checkpoint
 
 pytestmark = pytest.mark.slow  # every test here runs `segarena train`
 
@@ -121,7 +122,9 @@ def test_a_learnable_dataset_is_learned(tmp_path):
 
 
 def test_debug_run_passes_when_loss_falls(tmp_path):
-    data = make_mask_folder(tmp_path / "data", n=16)
+    # 32 images in 2 folds: 16 training and 16 validation images in fold 0, more than the
+    # debug subset takes (8 and 4), so a subset that is ignored shows
+    data = make_mask_folder(tmp_path / "data", n=32)
     out = tmp_path / "runs"
     config = tiny_config(data, out, train={"epochs": 50, "debug_samples": 8, "batch_size": 4})
     result = run_cli("train", write_config(tmp_path / "c.yaml", config), "--debug")
@@ -132,6 +135,11 @@ def test_debug_run_passes_when_loss_falls(tmp_path):
     assert summary["epochs"] == 2  # --debug overrides train.epochs
     records = history(run_dir)
     assert len(records) == 2 and records[1]["train_loss"] < records[0]["train_loss"]
+    # the seeded subset: 8 training images (2 batches of 4 per epoch, 2 epochs: 4 updates)
+    # and 8 // 2 validation images
+    state = load_checkpoint(run_dir / "fold_0" / "last.ckpt")["state"]
+    assert state["num_updates"] == 2 * 2
+    assert len(json.loads((run_dir / "fold_0" / "per_image_ids.json").read_text())) == 4
 
 
 def test_debug_run_fails_when_loss_does_not_fall(tmp_path):

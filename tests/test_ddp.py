@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import only_run_dir, run_cli, write_config
+from helpers import miou_of, only_run_dir, run_cli, write_config
 from synthetic import corrupt_pixels, make_mask_folder, tiny_config
 
 from segarena.data.sampling import RankShard
@@ -262,7 +262,12 @@ def test_torchrun_two_nodes_record_one_run(data, tmp_path):
     for line, count in (("^mIoU ", 1), ("^run directory: ", 2), ("^fold 0: ", 1)):
         assert [len(re.findall(line, out, re.M)) for _, out in results] == [count, 0], line
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["swa_miou"] is not None
+    swa = np.array(json.loads((run_dir / "fold_0" / "result.json").read_text())["swa_confusion"])
+    # the SWA model was scored on both nodes' validation images (3 + 2 of 32 x 32), not on
+    # one node's share, and the summary's swa_miou is that matrix's mIoU
+    assert swa.sum() == 5 * 32 * 32
+    assert 0 < summary["swa_miou"] <= 1
+    assert summary["swa_miou"] == pytest.approx(miou_of(swa)[0], abs=1e-12)
     assert len(list((run_dir / "fold_0" / "oof").glob("*.npy"))) == 5
     with sqlite3.connect(out / "mlflow.db") as db:
         assert db.execute("select count(*) from runs").fetchone()[0] == 1

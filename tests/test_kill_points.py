@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import history, only_run_dir, write_config
+from helpers import history, miou_of, only_run_dir, write_config
 from kill_at import POINTS
 from synthetic import make_mask_folder, tiny_config
 
@@ -75,7 +75,17 @@ def straight(tmp_path_factory) -> dict:
     assert done.returncode == 0, done.stderr
     run = only_run_dir(root / "runs")
     found = results(run)
-    assert len(found["oof"]) == 8 and json.loads(found["summary"])["swa_miou"] is not None
+    assert len(found["oof"]) == 8
+    # swa_miou pools both folds' SWA confusion matrices (4 validation images of 32 x 32
+    # each), so the runs compared below do compare a real SWA score
+    swa = [
+        np.array(json.loads((run / f"fold_{k}" / "result.json").read_text())["swa_confusion"])
+        for k in (0, 1)
+    ]
+    assert [m.sum() for m in swa] == [4 * 32 * 32] * 2
+    swa_miou = json.loads(found["summary"])["swa_miou"]
+    assert 0 < swa_miou <= 1
+    assert swa_miou == pytest.approx(miou_of(swa[0] + swa[1])[0], abs=1e-12)
     return found
 
 
