@@ -185,24 +185,36 @@ def test_bad_params_name_the_term(name, params, message):
         build_loss(cfg, num_classes=C, ignore_index=IGNORE)
 
 
-@pytest.mark.parametrize(
-    "params",
-    [{}, {"alpha": 0.25, "gamma": 1.5}, {"class_weights": [1.0, 2.0, 0.5, 3.0]},
-     {"reduced_threshold": 0.5}],
-)  # fmt: skip
-def test_focal_equals_smps_loop_in_value_and_gradient(params):
-    """segarena's one-pass focal replaces SMP's per-class loop: same numbers, any params."""
+SMP_TWINS = [
+    ("focal", {}), ("focal", {"alpha": 0.25, "gamma": 1.5}),
+    ("focal", {"class_weights": [1.0, 2.0, 0.5, 3.0]}), ("focal", {"reduced_threshold": 0.5}),
+    ("dice", {}), ("dice", {"smooth": 1.0}), ("dice", {"log_loss": True}),
+    ("dice", {"class_weights": [1.0, 2.0, 0.5, 3.0]}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,params", SMP_TWINS)
+def test_one_pass_focal_and_dice_equal_smps_in_value_and_gradient(name, params):
+    """segarena's one-pass Focal and Dice replace SMP's (loss_kernels): same numbers."""
     import segmentation_models_pytorch as smp
 
-    ours = LOSSES.create("focal", num_classes=C, ignore_index=IGNORE, **params)
-    assert type(ours.loss).__name__ == "OneVsRestFocal"
-    reference = smp.losses.FocalLoss(mode="multiclass", ignore_index=IGNORE, **params)
+    ours = LOSSES.create(name, num_classes=C, ignore_index=IGNORE, **params)
+    assert type(getattr(ours, "loss", ours)).__name__ in ("OneVsRestFocal", "SoftDice")
+    twin = {"focal": smp.losses.FocalLoss, "dice": smp.losses.DiceLoss}[name]
+    reference = twin(mode="multiclass", ignore_index=IGNORE, **params)
     logits, target = make_batch(3)
+    target[target == 3] = 1  # a class absent from the batch: dice leaves it out, both alike
     logits = logits.contiguous(memory_format=torch.channels_last)  # the recipe's format
     value, grad = loss_and_grad(ours, logits, target)
     expected, expected_grad = loss_and_grad(reference, logits, target)
     assert value == pytest.approx(expected.item(), rel=1e-5)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-7)
-    # normalized focal reduces per class: that option keeps SMP's own loop
-    normalized = LOSSES.create("focal", num_classes=C, ignore_index=IGNORE, normalized=True)
-    assert isinstance(normalized.loss, smp.losses.FocalLoss)
+
+
+def test_options_the_one_pass_losses_lack_keep_smps_own():
+    import segmentation_models_pytorch as smp
+
+    focal = LOSSES.create("focal", num_classes=C, ignore_index=IGNORE, normalized=True)
+    assert isinstance(focal.loss, smp.losses.FocalLoss)
+    dice = LOSSES.create("dice", num_classes=C, ignore_index=IGNORE, classes=[1, 2])
+    assert isinstance(dice, smp.losses.DiceLoss)

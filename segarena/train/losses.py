@@ -17,6 +17,7 @@ from torch import nn
 
 from segarena.config import LossConfig
 from segarena.errors import UserError
+from segarena.train.loss_kernels import OneVsRestFocal, SoftDice
 from segarena.util.registry import Registry
 
 LOSSES = Registry("loss")
@@ -149,11 +150,19 @@ def topk_cross_entropy(num_classes: int, ignore_index: int, k: float = 10.0) -> 
     return TopKCrossEntropy(ignore_index, k)
 
 
+# SMP's dice options this module's one-pass dice does not take: those keep SMP's DiceLoss
+_SMP_ONLY_DICE = ("classes", "from_logits")
+
+
 @LOSSES.register("dice")
 def dice(num_classes: int, ignore_index: int, **params: Any) -> nn.Module:
-    """SMP DiceLoss (multiclass); params go to `smp.losses.DiceLoss`."""
+    """Soft Dice (multiclass), SMP DiceLoss's parameters and value."""
     _check_class_weights(params.get("class_weights"), num_classes)
-    return smp.losses.DiceLoss(mode="multiclass", ignore_index=ignore_index, **params)
+    # SMP checks the parameters (a misspelt one is a TypeError naming it)
+    loss = smp.losses.DiceLoss(mode="multiclass", ignore_index=ignore_index, **params)
+    if any(name in params for name in _SMP_ONLY_DICE):
+        return loss
+    return SoftDice(ignore_index, params)
 
 
 @LOSSES.register("jaccard")
@@ -168,34 +177,6 @@ def tversky(num_classes: int, ignore_index: int, **params: Any) -> nn.Module:
     """SMP TverskyLoss (multiclass); alpha weighs false positives, beta false negatives."""
     _check_class_weights(params.get("class_weights"), num_classes)
     return smp.losses.TverskyLoss(mode="multiclass", ignore_index=ignore_index, **params)
-
-
-class OneVsRestFocal(nn.Module):
-    """SMP FocalLoss(mode="multiclass") in one pass over the classes instead of a Python loop
-    of C masked copies: the same value (the mean over classes of each class's one-vs-rest
-    binary focal loss, averaged over the non-ignored pixels) at a fraction of the time.
-    Written here because SMP's loop was most of the recipe's loss time (bench/recipe_profile.py);
-    its per-element formula is SMP's own `focal_loss_with_logits`."""
-
-    def __init__(self, ignore_index: int, params: dict[str, Any]):
-        super().__init__()
-        self.ignore_index = ignore_index
-        self.params = {"alpha": None, "gamma": 2.0, **params}
-        weights = self.params.pop("class_weights", None)
-        self.class_weights = torch.tensor(weights, dtype=torch.float) if weights else None
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        from segmentation_models_pytorch.losses._functional import focal_loss_with_logits
-
-        valid = target != self.ignore_index
-        pixels = logits.permute(0, 2, 3, 1)[valid]  # [P, C]
-        truth = F.one_hot(target[valid], logits.shape[1]).to(pixels.dtype)
-        per_element = focal_loss_with_logits(pixels, truth, reduction="none", **self.params)
-        class_losses = per_element.mean(dim=0)  # [C]: SMP's per-class mean
-        if self.class_weights is None:
-            return class_losses.mean()
-        weights = self.class_weights.to(class_losses.device)
-        return (class_losses * weights).sum() / weights.sum()
 
 
 # SMP's focal options that change the reduction: those keep SMP's own (slower) loop
