@@ -91,3 +91,21 @@ def test_unknown_accelerator_is_a_user_error(tmp_path):
     )
     with pytest.raises(UserError, match="tpu-please"):
         fit(config_from_dict(raw), tmp_path / "runs")
+
+
+def test_auto_workers_are_none_for_cached_images_on_a_cpu_and_two_otherwise(tmp_path, caplog):
+    from segarena.data.dataset import loader_workers
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert loader_workers("auto", True, cpu) == 0
+    assert loader_workers("auto", False, cpu) == loader_workers("auto", True, gpu) == 2
+    assert loader_workers(3, True, cpu) == 3  # a number is taken as given
+    raw = tiny_config(make_mask_folder(tmp_path / "data", n=8), tmp_path / "runs")
+    raw["data"].update(num_workers="auto", cache=True)
+    raw["train"]["epochs"] = 1
+    with caplog.at_level("INFO", logger="segarena"):
+        fit(config_from_dict(raw), tmp_path / "runs")
+    assert "data.num_workers auto: 0 (cache True, cpu)" in caplog.text
+    raw["data"]["num_workers"] = "many"
+    with pytest.raises(UserError, match="num_workers"):
+        config_from_dict(raw)

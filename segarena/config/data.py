@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -104,7 +104,9 @@ class DataConfig(Strict):
     ignore_index: int = 255
     image_size: tuple[int, int] | None = None  # (height, width) the model sees; None = native
     cache: bool = False  # decode every image once into shared memory (uint8)
-    num_workers: int = Field(2, ge=0)
+    # loader processes; auto: 0 for cached images trained on a CPU (they would take cores
+    # from the model's threads; segarena.data.dataset.loader_workers), else 2
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     # a training image (or mask) that cannot be read mid-run, after the start-up scan:
     # stop (exit 2, naming it) or skip it with a warning, counted in summary.json; a
     # validation image always stops (segarena.data.bad_images)

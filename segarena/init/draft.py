@@ -150,7 +150,7 @@ data:
   ignore_index: {found.ignore_index}
   image_size: {flow(size)}   # {why_size}
 {norm}
-  num_workers: 2
+  num_workers: auto   # 0 for cached images on a CPU (bench/recipe_profile.py), else 2
   cache: {flow(cache)}   # decoded images {"fit" if cache else "do not fit"} in 2 GB of memory
 split: {flow(split)}
 model:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from segarena.config import Config
 from segarena.data.augment import PAD_DIVISOR, build_transform, build_transforms
 from segarena.data.bad_images import SkippedImages
-from segarena.data.dataset import SegDataset, train_loader, val_loader
+from segarena.data.dataset import SegDataset, loader_workers, train_loader, val_loader
 from segarena.data.mixing import build_mixer
 from segarena.data.readers import Sample
 from segarena.data.sampling import SAMPLERS, RankShard, build_sampler
@@ -154,7 +154,9 @@ def build_parts(config: Config, fabric: Fabric, data: FoldData, fold_dir, epochs
     if world > 1:
         sampler = RankShard(len(train_ds), rank, world, generator, sampler)
         worker_seeds, val_indices = torch.Generator(), list(range(rank, len(val_ds), world))
-    workers = cfg_data.num_workers
+    workers = loader_workers(cfg_data.num_workers, cfg_data.cache, fabric.device)
+    if cfg_data.num_workers == "auto":
+        say(fabric, f"data.num_workers auto: {workers} (cache {cfg_data.cache}, {fabric.device})")
     skip = cfg_data.on_bad_image == "skip"
     loader = train_loader(train_ds, batch, workers, worker_seeds or generator, sampler, skip)
     vloader = val_loader(val_ds, batch, workers, val_indices)
