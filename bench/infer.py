@@ -26,8 +26,10 @@ filter), so window corners weigh more than a Gaussian's; where two windows' corn
 the image edge (rows where every window's weight is tiny) MONAI blends them almost
 evenly, segarena by the Gaussian ratio as everywhere else.
 
-The two run alternately `--repeats` times; the last line is `ratio: X.XX`, the median of
-the repeats' ratios (segarena images/s over MONAI images/s), with their spread above it.
+The three (segarena, MONAI, and MONAI with the model in the default memory format, as a
+user writes it) run in rotating order `--repeats` times; the last line is `ratio: X.XX`,
+the median of the repeats' ratios (segarena images/s over MONAI images/s, same format),
+with their spread and the ratio against the default-format MONAI above it.
 MONAI is a bench-only dependency: `make bench` installs it.
 
     python bench/infer.py [--size 4000] [--window 512] [--overlap 0.5] [--sw-batch 4]
@@ -57,7 +59,7 @@ from segarena.infer.tta import apply_view, invert_view, view_names
 from segarena.model.build import build_model
 
 CLASSES = 4
-IMPLS = ("segarena", "monai")
+IMPLS = ("segarena", "monai", "monai-default")  # the last: as a user writes it
 GRID = 16  # outputs are compared on every GRID-th pixel (a full 4000x4000 map is 256 MB)
 
 
@@ -67,10 +69,13 @@ def normalize(pixels: torch.Tensor) -> torch.Tensor:
 
 
 def make_model(device: torch.device, impl: str) -> torch.nn.Module:
-    """The same weights for both; segarena's loaded as predict loads a checkpoint
-    (`inference_model`: weights channels-last); MONAI gets the same format."""
+    """The same weights for all; segarena's loaded as predict loads a checkpoint
+    (`inference_model`: weights channels-last); MONAI gets the same format, and
+    monai-default the default one."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch="Unet", encoder="resnet18"), CLASSES)
+    if impl == "monai-default":  # the model as a user loads it: the default memory format
+        return model.eval().to(device)
     return inference_model(model, device)
 
 
@@ -108,7 +113,7 @@ def run_one(args) -> None:
     model = make_model(device, args.impl)
     gen = torch.Generator().manual_seed(1)
     image = torch.randint(0, 256, (3, args.size, args.size), generator=gen, dtype=torch.uint8)
-    if args.impl == "monai":  # its output buffers take the input's dtype: uint8 fails
+    if args.impl.startswith("monai"):  # its output buffers take the input's dtype: uint8 fails
         image = image.float()
     options = InferConfig(
         window=(args.window, args.window), overlap=args.overlap, sw_batch_size=args.sw_batch,
@@ -116,7 +121,7 @@ def run_one(args) -> None:
     )  # fmt: skip
 
     def infer(img: torch.Tensor) -> torch.Tensor:
-        if args.impl == "monai":
+        if args.impl.startswith("monai"):
             return monai_probs(model, img, args, device)
         return sliding_probs(model, img, options, prepare=normalize)
 
@@ -166,18 +171,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="timed predictions per run")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = default")
     parser.add_argument("--repeats", type=int, default=3, help="segarena/MONAI pairs; median")
-    parser.add_argument("--impl", choices=["segarena", "monai"], help=argparse.SUPPRESS)
+    parser.add_argument("--impl", choices=IMPLS, help=argparse.SUPPRESS)
     parser.add_argument("--grid-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.impl:
         run_one(args)
         return
-    ratios = []
+    ratios, user_ratios = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for repeat in range(args.repeats):  # alternating, so machine noise hits both alike
-            results = {impl: spawn(impl, Path(tmp) / f"{impl}.npy") for impl in IMPLS}
-            ratios.append(results["segarena"]["images_per_s"] / results["monai"]["images_per_s"])
-            print(f"repeat {repeat + 1}: ratio {ratios[-1]:.3f}", flush=True)
+        for repeat in range(args.repeats):  # rotating, so machine noise hits all alike
+            order = IMPLS[repeat % 3 :] + IMPLS[: repeat % 3]
+            results = {impl: spawn(impl, Path(tmp) / f"{impl}.npy") for impl in order}
+            speed = {impl: r["images_per_s"] for impl, r in results.items()}
+            ratios.append(speed["segarena"] / speed["monai"])
+            user_ratios.append(speed["segarena"] / speed["monai-default"])
+            print(f"repeat {repeat + 1}: ratio {ratios[-1]:.3f} (against MONAI with the "
+                  f"default memory format {user_ratios[-1]:.3f})", flush=True)  # fmt: skip
         diff = np.abs(np.load(Path(tmp) / "segarena.npy") - np.load(Path(tmp) / "monai.npy"))
     inner = args.window // 2 // GRID + 1  # grid points farther than half a window from the edge
     print(
@@ -195,6 +204,8 @@ def main() -> None:
         f"max |segarena - monai| probability on a {GRID}-pixel grid: {diff.max():.2e} "
         f"(inside: {diff[:, inner:-inner, inner:-inner].max():.2e})"
     )
+    print(f"ratio against MONAI as a user writes it (default memory format): "
+          f"{statistics.median(user_ratios):.2f}")  # fmt: skip
     print(f"ratios of {args.repeats} repeats: min {min(ratios):.3f}, max {max(ratios):.3f}")
     print(f"ratio: {statistics.median(ratios):.2f}")
 

@@ -11,7 +11,9 @@ into place.
 The peer gets what segarena gets (2026-12-05): the same precision (`--precision`, written
 into the run's config: bf16 autocast or float32), channels-last memory, normalisation on
 the batch, and segarena's vectorised csv encoder (`encode_pixels`) instead of joining one
-Python string per pixel, so the ratio measures the pipelines, not those tricks.
+Python string per pixel, so the ratio measures the pipelines, not those tricks. A third
+arm, the plain loop as a user first writes it (default memory format, one Python string
+per pixel), shows what segarena's defaults buy; its ratio is printed above the last line.
 
 Both run the same weights on the same images in this process, in alternating order from
 round to round, so that machine noise hits both alike. The model is the CamVid recipe's
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import copy
 import csv
 import json
 import shutil
@@ -65,9 +68,19 @@ class Frames(Dataset):
         return self.paths[index].name, torch.from_numpy(image.transpose(2, 0, 1).copy())
 
 
+def per_pixel_string(mask: np.ndarray) -> str:
+    """The csv cell as a user first writes it: one Python string per pixel."""
+    return " ".join(str(value) for value in mask.ravel())
+
+
 @torch.inference_mode()
-def plain_predict(model, paths, config, out: Path, tta: str, batch: int, workers: int) -> float:
-    """The hand-written loop; returns images/s."""
+def plain_predict(
+    model, paths, config, out: Path, tta: str, batch: int, workers: int, as_user: bool = False
+) -> float:
+    """The hand-written loop; returns images/s. `as_user`: default memory format (give it
+    a model in that format) and a per-pixel csv string, as a user first writes it."""
+    encode = per_pixel_string if as_user else encode_pixels
+    memory = torch.contiguous_format if as_user else torch.channels_last
     start = time.perf_counter()
     mean = torch.tensor(config.data.mean).view(1, 3, 1, 1)
     std = torch.tensor(config.data.std).view(1, 3, 1, 1)
@@ -78,16 +91,14 @@ def plain_predict(model, paths, config, out: Path, tta: str, batch: int, workers
         writer = csv.writer(file)
         writer.writerow(["image_id", "PredictionString"])
         for names, images in loader:
-            images = ((images.float() / 255 - mean) / std).contiguous(
-                memory_format=torch.channels_last
-            )
+            images = ((images.float() / 255 - mean) / std).contiguous(memory_format=memory)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 probs = model(images).float().softmax(1)
                 if tta == "hflip":
                     probs = (probs + model(images.flip(3)).float().softmax(1).flip(3)) / 2
             probs = F.interpolate(probs, SIZE, mode="bilinear", align_corners=False)
             for name, mask in zip(names, probs.argmax(1).numpy().astype(np.uint8)):
-                writer.writerow([name, encode_pixels(mask)])
+                writer.writerow([name, encode(mask)])
     return len(paths) / (time.perf_counter() - start)
 
 
@@ -137,25 +148,34 @@ def main() -> None:
         (images / path.name).symlink_to(path.resolve())
     paths = sorted(images.iterdir())
     run_dir, model, config = make_run(root, Path(args.data).resolve(), args.precision)
+    user_model = copy.deepcopy(model)  # the default memory format
     model = model.to(memory_format=torch.channels_last)  # as segarena's Ensemble loads it
 
-    ratios = {}
+    ratios, user_ratios = {}, {}
     for tta in ("none", "hflip"):
         spec = EnsembleSpec((run_dir,), overrides={"tta": tta}, device="cpu")
-        ours, plain = [], []
+        ours, plain, user = [], [], []
         plain_predict(model, paths[: args.batch], config, root / "warm.csv", tta, args.batch, 0)
         for round_ in range(args.rounds):
-            for side in ("ours", "plain") if round_ % 2 == 0 else ("plain", "ours"):
+            sides = ("ours", "plain", "user")
+            for side in sides[round_ % 3 :] + sides[: round_ % 3]:
                 if side == "ours":
                     start = time.perf_counter()
                     write_submission(spec, images, root / "ours.csv", workers=args.workers)
                     ours.append(len(paths) / (time.perf_counter() - start))
-                else:
+                elif side == "plain":
                     plain.append(plain_predict(model, paths, config, root / "plain.csv", tta,
                                                args.batch, args.workers))  # fmt: skip
+                else:
+                    user.append(plain_predict(user_model, paths, config, root / "user.csv", tta,
+                                              args.batch, args.workers, as_user=True))  # fmt: skip
             print(f"tta {tta}, round {round_ + 1}: segarena {ours[-1]:.2f} img/s, "
-                  f"plain {plain[-1]:.2f} img/s")  # fmt: skip
+                  f"plain {plain[-1]:.2f} img/s, plain as a user writes it "
+                  f"{user[-1]:.2f} img/s")  # fmt: skip
         ratios[tta] = statistics.median(ours) / statistics.median(plain)
+        user_ratios[tta] = statistics.median(ours) / statistics.median(user)
+        print(f"tta {tta}: ratio against the plain loop as a user writes it (default memory "
+              f"format, a Python string per pixel) {user_ratios[tta]:.2f}")  # fmt: skip
         print(f"tta {tta}: the two submissions agree on {100 * agreement(root):.2f}% of pixels")
         spread = max(o / p for o, p in zip(ours, plain)) - min(o / p for o, p in zip(ours, plain))
         print(f"tta {tta}: ratio {ratios[tta]:.2f} (per-round spread {spread:.2f})")

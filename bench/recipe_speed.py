@@ -7,15 +7,19 @@
              (metrics.jsonl: the epoch's training steps, data waits included).
   plain      SMP's example loop on the same frames, decoded and resized to the recipe's
              input size before the clock starts and held as uint8 tensors: flips on the
-             batch, float32, default memory format, cross-entropy, Adam, batch 8.
-  plain+aug  the same loop with the recipe's own augmentation (its albumentations
+             batch, float32, default memory format (NCHW, as torchvision's ToTensor
+             gives), cross-entropy, Adam, batch 8: the loop issue 24 measured.
+  plain CL   the same loop with model and input channels-last, segarena's format. (Until
+             2026-12-05 the "plain" arm was this one without saying so: its NHWC frames,
+             permuted to NCHW, are channels-last in memory, and convolutions follow.)
+  plain CL+aug  plain CL with the recipe's own augmentation (its albumentations
              ColorJitter and flip, per image in the loop) and its batch of 4: the cost
              of the augmentation, visible on its own.
 
-The three run one epoch each per round, in rotating order, `--rounds` times, on the first
+The four run one epoch each per round, in rotating order, `--rounds` times, on the first
 `--images` frames of train/ (8 more from val/ are the recipe's validation, scored once at
 its end and not timed). Medians over the rounds; the last line is `ratio: X.XX`,
-segarena's images/s over the plain loop's.
+segarena's images/s over the plain loop's, and the line above it the ratio over plain CL.
 
     python bench/recipe_speed.py [--data ../shared/data/camvid] [--images 160] [--rounds 3]
 """
@@ -85,9 +89,10 @@ def plain_model() -> torch.nn.Module:
     return model
 
 
-def plain_epoch(x, y, batch: int, augment: A.Compose | None) -> float:
+def plain_epoch(x, y, batch: int, augment: A.Compose | None, channels_last: bool) -> float:
     """SMP's example loop over the uint8 NHWC frames `x`; returns images/s."""
-    model = plain_model().train()
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    model = plain_model().train().to(memory_format=memory)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
     start = time.perf_counter()
@@ -102,7 +107,9 @@ def plain_epoch(x, y, batch: int, augment: A.Compose | None) -> float:
             images = torch.from_numpy(np.stack([p["image"] for p in pairs])).permute(0, 3, 1, 2)
             masks = torch.from_numpy(np.stack([p["mask"] for p in pairs])).long()
             images = images.float()
-        loss = loss_fn(model((images / 255 - 0.5) / 0.5), masks)
+        # NHWC frames permuted to NCHW are channels-last in memory: say which format is meant
+        images = ((images / 255 - 0.5) / 0.5).contiguous(memory_format=memory)
+        loss = loss_fn(model(images), masks)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -128,13 +135,14 @@ def main() -> None:
     augment = recipe_augment()
     arms = {
         "segarena": lambda r: segarena_epoch(root / "data", root / "runs", r),
-        "plain": lambda r: plain_epoch(x, y, 8, None),
-        "plain+aug": lambda r: plain_epoch(x, y, 4, augment),
+        "plain": lambda r: plain_epoch(x, y, 8, None, channels_last=False),
+        "plain CL": lambda r: plain_epoch(x, y, 8, None, channels_last=True),
+        "plain CL+aug": lambda r: plain_epoch(x, y, 4, augment, channels_last=True),
     }
     speeds: dict[str, list[float]] = {name: [] for name in arms}
     names = list(arms)
     for round_ in range(args.rounds):
-        order = names[round_ % 3 :] + names[: round_ % 3]
+        order = names[round_ % len(names) :] + names[: round_ % len(names)]
         for name in order:
             speeds[name].append(arms[name](round_))
         print(f"round {round_ + 1}: " + ", ".join(f"{n} {speeds[n][-1]:.2f}" for n in names)
@@ -143,7 +151,9 @@ def main() -> None:
     print(f"{args.images} CamVid frames at {size[1]}x{size[0]}, torch threads "
           f"{torch.get_num_threads()}; medians of {args.rounds} rounds:")  # fmt: skip
     for name, value in medians.items():
-        print(f"  {name:<10} {value:6.2f} img/s")
+        print(f"  {name:<13} {value:6.2f} img/s")
+    print(f"ratio against the channels-last plain loop: "
+          f"{medians['segarena'] / medians['plain CL']:.2f}")  # fmt: skip
     print(f"ratio: {medians['segarena'] / medians['plain']:.2f}")
 
 
