@@ -1,5 +1,7 @@
 """Where one CamVid recipe epoch spends its time (issue 24): the step, the data, the loader.
 
+  losses    forward + backward of SMP's Dice and Focal, segarena's one-pass kernels of
+            the same losses, and cross-entropy, on one recipe batch of real masks.
   step      one training step of the recipe's model (U-Net, lite0, batch 4, the recipe's
             input size, float32) on real frames held in memory, split into forward, loss,
             backward and optimizer (AdamW), for each memory format x loss (cross-entropy,
@@ -86,6 +88,34 @@ def step_split(frames: torch.Tensor, masks: torch.Tensor, steps: int) -> None:
             print(f"  {name:<15} {loss_name:<14} {cells} {total:6.0f} {4000 / total:5.2f}")
 
 
+def loss_times(masks: torch.Tensor, repeats: int = 9) -> None:
+    """Forward + backward ms of each loss on one recipe batch of logits (channels-last):
+    SMP's Dice and Focal against segarena's one-pass kernels, and cross-entropy."""
+    import segmentation_models_pytorch as smp
+
+    from segarena.train.loss_kernels import OneVsRestFocal, SoftDice
+
+    losses = {
+        "SMP DiceLoss": smp.losses.DiceLoss(mode="multiclass", ignore_index=11),
+        "segarena dice": SoftDice(11, {}),
+        "SMP FocalLoss": smp.losses.FocalLoss(mode="multiclass", ignore_index=11),
+        "segarena focal": OneVsRestFocal(11, {}),
+        "cross-entropy": torch.nn.CrossEntropyLoss(ignore_index=11),
+    }
+    target = masks[:4]
+    logits = torch.randn(4, 11, *target.shape[1:], generator=torch.Generator().manual_seed(0))
+    logits = logits.contiguous(memory_format=torch.channels_last).requires_grad_()
+    print(f"losses (4 x 11 x {target.shape[2]}x{target.shape[1]}, channels-last), ms:")
+    for name, loss_fn in losses.items():
+        spans = []
+        for _ in range(repeats):
+            logits.grad = None
+            start = time.perf_counter()
+            loss_fn(logits, target).backward()
+            spans.append(time.perf_counter() - start)
+        print(f"  {name:<15} {ms(spans[1:]):6.1f}")
+
+
 def data_split(root: Path) -> None:
     """Milliseconds per image of each training transform, on cached full-size frames."""
     config = load_config(RECIPE, [f"data.root={root}"])
@@ -133,15 +163,17 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--parts", default="step,data,pipeline")
+    parser.add_argument("--parts", default="losses,step,data,pipeline")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="segarena-bench-profile-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     lay_out(Path(args.data), root / "data", args.images)
     print(f"torch threads {torch.get_num_threads()}")
     parts = args.parts.split(",")
+    size = tuple(load_config(RECIPE).data.image_size)
+    if "losses" in parts:
+        loss_times(load_frames(root / "data", size)[1])
     if "step" in parts:
-        size = tuple(load_config(RECIPE).data.image_size)
         step_split(*load_frames(root / "data", size), args.steps)
     if "data" in parts:
         data_split(root / "data")
