@@ -119,8 +119,8 @@ def loader_workers(num_workers: int | str, cache: bool, device: torch.device) ->
 
     Cached frames cost ~1 ms per image in this process (resize, flip, colour jitter at
     192x256) against ~170 ms of model step per image on 2 CPU cores; workers there only
-    take cores from the model's threads (bench/recipe_profile.py: 0 workers 2% faster
-    than 2, and 1 worker 4% slower)."""
+    take cores from the model's threads (the CamVid recipe's 367-frame epochs: 0 workers
+    13% faster than 2, docs/benchmarks.md; bench/recipe_profile.py: 2% on 96 frames)."""
     if num_workers != "auto":
         return int(num_workers)
     return 0 if cache and device.type == "cpu" else AUTO_WORKERS

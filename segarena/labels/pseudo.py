@@ -72,8 +72,8 @@ def write_pseudo_labels(
 ) -> dict[str, Any]:
     """Pseudo-label every image under `images` with the ensemble `spec` names into the
     folder `out` (see the module docstring); returns what pseudo.json holds. With `coco`
-    (a contest's test.json) only the images it lists, in its order, with `images`
-    defaulting to the json's folder.
+    (a contest's test.json) only the images it lists, in its order; its file_names are
+    relative to `images` (the CLI's default: the json's folder).
 
     An existing non-empty `out` is an error unless `force`, which replaces only an earlier
     pseudo-label folder (one with pseudo.json).
