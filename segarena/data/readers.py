@@ -223,6 +223,12 @@ def _check_shapes(sample: Sample) -> None:
         raise UserError(f"{sample.image_path}: invalid COCO segmentation ({exc})") from None
 
 
+def mask_file_values(path: Path) -> list[int]:
+    """The sorted values a mask file holds (palette PNGs: their indices), read and checked
+    as training reads masks; UserError naming the file otherwise."""
+    return _present(_read_mask_array(path))
+
+
 def _present(values: np.ndarray) -> list[int]:
     flat = values.ravel()
     if flat.dtype.kind == "u":  # bincount is several times faster than np.unique

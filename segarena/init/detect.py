@@ -8,12 +8,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
+from segarena.data.readers import IMAGE_EXTS, mask_file_values
 from segarena.errors import UserError
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # a mask folder is named after its image folder plus one of these (CamVid: train/trainannot)
 MASK_SUFFIXES = ("annot", "_annot", "masks", "_masks", "mask", "_mask", "labels", "_labels",
                  "annotations", "_annotations", "gt", "_gt")  # fmt: skip
@@ -163,8 +160,7 @@ def _mask_values(folders: list[Path]) -> set[int]:
     values: set[int] = set()
     for folder in folders:
         for path in _images_in(folder).values():
-            with Image.open(path) as mask:
-                values |= {int(v) for v in np.unique(np.asarray(mask))}
+            values.update(mask_file_values(path))
     return values
 
 
