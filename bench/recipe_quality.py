@@ -9,7 +9,7 @@ sequence 0006R0 (101 frames, which no recipe choice has seen), once per arm and 
                 the pipeline before issue 24
   as shipped    the recipe: segarena's one-pass Dice and Focal, data.num_workers auto
 
-Prints each run's mIoU and, per arm, the mean; then `segarena compare`'s paired
+Prints each run's mIoU and, per arm, the mean; then the paired (segarena.metrics)
 bootstrap of the two arms' pooled per-image matrices.
 
     python bench/recipe_quality.py [--data ../shared/data/camvid] [--epochs 6] [--seeds 0,1]
