@@ -22,7 +22,8 @@ are correlated, so the interval is narrower than one over sequences would be). L
 `gain: X.X`, segarena minus the better plain loop in mIoU points, on the grouped setting
 (on val when only val was run).
 
-    python bench/camvid_budget.py [--budget-min 25] [--settings val grouped] [--out DIR]
+    python bench/camvid_budget.py [--budget-min 25] [--settings val grouped]
+        [--plain scratch lite0] [--out DIR]
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ IMAGENET = (  # SMP's preprocessing for the from-scratch resnet18
 # the packaged lite weights were trained with TensorFlow's preprocessing, mean = std = 0.5
 # (what configs/camvid.yaml gives segarena); ImageNet statistics would handicap the peer
 LITE = (torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.5))
+
+
+PLAIN_ARMS = {"scratch": ("resnet18", False), "lite0": ("tu-efficientnet_lite0", True)}
 
 
 def norm_of(encoder: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,7 +168,7 @@ def run_setting(args, setting: str) -> float:
     ours_cms = np.stack([by_id[i] for i in ids])
     x, y = load_tensors(train_paths, size)
     rows, plain_cms = [ours], []
-    for encoder, pretrained in (("resnet18", False), ("tu-efficientnet_lite0", True)):
+    for encoder, pretrained in [PLAIN_ARMS[name] for name in args.plain]:
         model, epochs, seconds, speed = plain_loop(encoder, pretrained, x, y, args.budget_min * 60)
         cms = per_image_matrices(model, scored, size, encoder)
         plain_cms.append(cms)
@@ -192,6 +196,8 @@ def main() -> None:
     )
     parser.add_argument("--size", type=int, nargs=2, default=[192, 256], metavar=("H", "W"),
                         help="the plain loops' input size")  # fmt: skip
+    parser.add_argument("--plain", nargs="+", choices=list(PLAIN_ARMS), default=list(PLAIN_ARMS),
+                        help="plain loops to run (lite0 alone saves a third)")  # fmt: skip
     parser.add_argument("--out", default="runs_bench")
     parser.add_argument("--set", action="append", default=[], dest="overrides",
                         help="override the recipe, e.g. --set train.precision=32-true")  # fmt: skip
