@@ -1,10 +1,13 @@
-"""segarena init: a Roboflow-shaped COCO export (generated) and mask folders give
-a config that loads and trains as written; the split follows the ids' groups and the
-classes' rarity; bad data and an existing --out stop with exit 2 and write nothing."""
+"""segarena init: a Roboflow-shaped COCO export (generated, and a real cut in tests/data)
+and mask folders give a config that loads and trains as written; the split follows the
+ids' groups and the classes' rarity; bad data and an existing --out stop with exit 2 and
+write nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import re
 from pathlib import Path
@@ -14,12 +17,15 @@ import pytest
 import torch
 from helpers import run_cli
 from PIL import Image
+from pycocotools.coco import COCO
 from synthetic import make_mask_folder, make_roboflow_export
 
 from segarena.config import Source, load_config
 from segarena.data.readers import Sample, load_image, load_mask, read_samples
 from segarena.infer.api import Predictor
+from segarena.init.detect import find_data
 from segarena.init.draft import BUDGET_EPOCHS, ROBOFLOW, SEQUENCE, choose_size
+from segarena.init.palette import voc_colormap
 from segarena.metrics import confusion_matrix, scores
 
 
@@ -112,6 +118,53 @@ def test_mask_folders_with_sequences_and_void_are_grouped_and_ignored(tmp_path):
     assert load_config(out).data.classes == ["background", "red", "green", "blue"]
 
 
+def _mark_top_rows(data: Path, masks: int, value: int = 4) -> None:
+    """Paint the first row of the first `masks` masks with `value` (1/64 of their pixels)."""
+    for path in sorted((data / "masks").iterdir())[:masks]:
+        mask = np.asarray(Image.open(path)).copy()
+        mask[0] = value
+        Image.fromarray(mask).save(path)
+
+
+@pytest.mark.parametrize(
+    ("masks", "classes_file", "void", "classes"),
+    [
+        (12, None, 4, 4),  # in 75% of masks, 1.2% of pixels: looks like void (CamVid's 11)
+        (2, None, 255, 5),  # in 2 of 16 masks: a rare last class, kept
+        (12, "car", 255, 5),  # void-like, but the classes file names it a class
+        (2, "Unlabelled", 4, 4),  # the classes file calls it void
+    ],
+)
+def test_a_void_value_other_than_255_is_guessed_and_said(tmp_path, masks, classes_file,
+                                                        void, classes):  # fmt: skip
+    data = make_mask_folder(tmp_path / "data", n=16)
+    _mark_top_rows(data, masks)
+    if classes_file:
+        (data / "classes.txt").write_text(f"background\nred\ngreen\nblue\n{classes_file}\n")
+    found = find_data(data)
+    assert found.ignore_index == void and len(found.classes) == classes
+    assert any(note.startswith(f"ignore_index: {void}") for note in found.notes)
+
+
+@pytest.mark.parametrize("voc", [True, False])
+def test_palette_masks_give_voc_names_or_their_colours(tmp_path, voc):
+    data = make_mask_folder(tmp_path / "data", n=8)
+    colours = voc_colormap(256) if voc else [(255, 0, 0), (0, 255, 0), (0, 0, 255),
+                                             (9, 9, 9)] + [(0, 0, 0)] * 252  # fmt: skip
+    for path in sorted((data / "masks").iterdir()):
+        values = np.asarray(Image.open(path))
+        mask = Image.frombytes("P", values.shape[::-1], values.tobytes())  # indices as they are
+        mask.putpalette([c for rgb in colours for c in rgb])
+        mask.save(path)
+    found = find_data(data)
+    if voc:
+        assert found.classes == ["background", "aeroplane", "bicycle", "bird"]
+        assert "PASCAL VOC names" in " ".join(found.notes)
+    else:
+        assert found.classes == ["class_0", "class_1", "class_2", "class_3"]
+        assert "0 #ff0000, 1 #00ff00, 2 #0000ff, 3 #090909" in " ".join(found.notes)
+
+
 def test_bad_data_or_an_existing_out_exits_2_and_writes_nothing(tmp_path):
     data = make_mask_folder(tmp_path / "data", n=8)
     out = tmp_path / "exp.yaml"
@@ -145,3 +198,58 @@ def test_the_input_size_follows_the_device_and_the_budget():
     long, _ = choose_size(samples, gpu=False, budget_min=100, epoch_s=epoch_s)
     assert BUDGET_EPOCHS * epoch_s(short) <= 600 and short[0] * short[1] < long[0] * long[1]
     assert f"trains {BUDGET_EPOCHS} epochs in 10 min" in why
+
+
+FIXTURE = Path(__file__).parent / "data" / "medical_waste"
+
+
+def paint_with_pycocotools(json_path: Path, classes: list[str], out: Path) -> None:
+    """The json's label masks as PNGs, drawn by pycocotools' annToMask: the largest shape
+    first, so a smaller one on top keeps its class (segarena's overlap policy)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(json_path))
+    names = {c["id"]: c["name"] for c in coco.dataset["categories"]}
+    out.mkdir()
+    for image in coco.dataset["images"]:
+        shapes = [(classes.index(names[a["category_id"]]), coco.annToMask(a))
+                  for a in coco.imgToAnns[image["id"]]]  # fmt: skip
+        mask = np.zeros((image["height"], image["width"]), np.uint8)
+        for value, drawn in sorted(shapes, key=lambda s: -int(s[1].sum())):
+            mask[drawn > 0] = value
+        Image.fromarray(mask).save(out / f"{Path(image['file_name']).stem}.png")
+
+
+def test_the_real_fixture_inits_and_its_coco_test_split_scores_as_painted_masks(tmp_path):
+    """The committed cut of a real Roboflow export: init names its classes and groups its
+    copies; evaluate --coco gives the same mIoU as the same images with masks painted
+    independently by pycocotools, and the fixture is left as it was."""
+    before = {p: p.stat().st_mtime_ns for p in FIXTURE.rglob("*")}
+    out, runs = tmp_path / "mw.yaml", tmp_path / "runs"
+    result = run_cli("init", FIXTURE, "--out", out)
+    assert result.exit_code == 0, result.output
+    config = load_config(out)
+    assert config.data.classes == ["background", "Blood bag", "Mask", "ampoule", "syringe"]
+    assert "categories no annotation uses (medical-waste)" in result.output
+    # 4 train sources with 11 copies between them, and 3 valid images: 7 groups
+    assert config.split.group_regex == ROBOFLOW and "7 groups" in result.output
+    tiny = ["train.epochs=1", "data.image_size=[64,64]", "train.precision=32-true"]
+    trained = run_cli("train", out, "--out", runs, *[a for s in tiny for a in ("--set", s)])
+    assert trained.exit_code == 0, trained.output
+    (run_dir,) = [p for p in (runs / "medical_waste").iterdir() if (p / "run.json").is_file()]
+    test_json = FIXTURE / "test" / "_annotations.coco.json"
+    from_coco = run_cli("evaluate", run_dir, "--coco", test_json, "--workers", "0")
+    assert from_coco.exit_code == 0, from_coco.output
+    paint_with_pycocotools(test_json, config.data.classes, tmp_path / "painted")
+    from_masks = run_cli("evaluate", run_dir, "--images", FIXTURE / "test",
+                         "--masks", tmp_path / "painted", "--workers", "0")  # fmt: skip
+    assert from_masks.exit_code == 0, from_masks.output
+    (coco_eval,) = [json.loads(p.read_text()) for p in run_dir.glob("eval_coco-*.json")]
+    (mask_eval,) = [json.loads(p.read_text()) for p in run_dir.glob("eval_folder-*.json")]
+    assert coco_eval["folds"][0]["images"] == mask_eval["folds"][0]["images"] == 3
+    assert coco_eval["miou"] == pytest.approx(mask_eval["miou"], abs=1e-9)
+    assert {p: p.stat().st_mtime_ns for p in FIXTURE.rglob("*")} == before
+
+
+def test_the_fixture_is_small_and_carries_its_licence():
+    size = sum(p.stat().st_size for p in FIXTURE.rglob("*") if p.is_file())
+    assert size < 2_000_000 and "CC BY 4.0" in (FIXTURE / "README.md").read_text()
