@@ -223,10 +223,15 @@ def _check_shapes(sample: Sample) -> None:
         raise UserError(f"{sample.image_path}: invalid COCO segmentation ({exc})") from None
 
 
-def mask_file_values(path: Path) -> list[int]:
-    """The sorted values a mask file holds (palette PNGs: their indices), read and checked
-    as training reads masks; UserError naming the file otherwise."""
-    return _present(_read_mask_array(path))
+def mask_file_counts(path: Path) -> dict[int, int]:
+    """value -> pixel count of a mask file (palette PNGs: their indices), sorted by value,
+    read and checked as training reads masks; UserError naming the file otherwise."""
+    flat = _read_mask_array(path).ravel()
+    if flat.dtype.kind == "u":  # bincount is several times faster than np.unique
+        counts = np.bincount(flat)
+        return {int(v): int(counts[v]) for v in np.flatnonzero(counts)}
+    values, counts = np.unique(flat, return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts)}
 
 
 def _present(values: np.ndarray) -> list[int]:

@@ -8,8 +8,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from segarena.data.readers import IMAGE_EXTS, mask_file_values
+from segarena.data.readers import IMAGE_EXTS, mask_file_counts
 from segarena.errors import UserError
+from segarena.init.palette import mask_palette, palette_names
 
 # a mask folder is named after its image folder plus one of these (CamVid: train/trainannot)
 MASK_SUFFIXES = ("annot", "_annot", "masks", "_masks", "mask", "_mask", "labels", "_labels",
@@ -19,6 +20,12 @@ TEST_NAMES = {"test", "testing"}
 VAL_NAMES = {"val", "valid", "validation"}
 CLASS_FILES = ("classes.txt", "class_names.txt", "labels.txt")
 VOID = 255
+# Another void value (CamVid's 11) is guessed from how void labels look: the top value, in
+# most masks (object outlines, unlabelled strips) yet few pixels. A rare last class is in
+# few masks, so it is not taken for void; a small but common last class would be, which is
+# why the guess is stated in the config, with how to undo it.
+VOID_MAX_PIXEL_SHARE, VOID_MIN_MASK_SHARE = 0.05, 0.5
+VOID_NAMES = {"void", "unlabelled", "unlabeled", "ignore", "unknown"}
 
 
 @dataclass
@@ -140,40 +147,79 @@ def _masks_found(data: Path) -> Found:
         if images.name.lower() in VAL_NAMES:
             source["role"] = "val"
         sources.append(source)
-    values = _mask_values([m for _, m in labelled])
-    real = sorted(v for v in values if v != VOID)
-    names, notes = _class_names(data, real)
-    if VOID in values:
-        notes.append(f"ignore_index: {VOID}, a guess: masks use it and it looks like void")
-    else:
-        notes.append(f"ignore_index: {VOID} (unused): no void value found; if one of the "
-                     "values marks unlabelled pixels, set data.ignore_index to it")  # fmt: skip
+    pixels, masks_with, files = _mask_stats([m for _, m in labelled])
+    named = _class_file(data)
+    void, void_note = _void_guess(pixels, masks_with, files, named[1] if named else [])
+    palette = mask_palette(next(iter(_images_in(labelled[0][1]).values())))
+    names, notes = _class_names(data, sorted(v for v in pixels if v != void), palette)
+    notes.append(void_note)
     for images, masks in test:
         notes.append(f"left for the end: {images.name} + {masks.name} (never trained or "
                      "tuned on)")  # fmt: skip
-    return Found(data, "masks", sources, names, VOID, notes,
+    return Found(data, "masks", sources, names, void, notes,
                  [f"{i.name} + {m.name}" for i, m in test])  # fmt: skip
 
 
-def _mask_values(folders: list[Path]) -> set[int]:
-    """Every value any mask of `folders` holds (palette PNGs give their indices)."""
-    values: set[int] = set()
+def _mask_stats(folders: list[Path]) -> tuple[dict[int, int], dict[int, int], int]:
+    """Over every mask of `folders` (palette PNGs give their indices): value -> pixels,
+    value -> masks holding it, and the number of masks."""
+    pixels: dict[int, int] = {}
+    masks_with: dict[int, int] = {}
+    files = 0
     for folder in folders:
         for path in _images_in(folder).values():
-            values.update(mask_file_values(path))
-    return values
+            files += 1
+            for value, count in mask_file_counts(path).items():
+                pixels[value] = pixels.get(value, 0) + count
+                masks_with[value] = masks_with.get(value, 0) + 1
+    return dict(sorted(pixels.items())), masks_with, files
 
 
-def _class_names(data: Path, values: list[int]) -> tuple[list[str], list[str]]:
-    """Names of the classes 0..max(values): from a classes file when there is one."""
-    count = max(values) + 1
+def _void_guess(
+    pixels: dict[int, int], masks_with: dict[int, int], files: int, names: list[str]
+) -> tuple[int, str]:
+    """(data.ignore_index, the note that explains it): 255 when masks use it; else the top
+    value when the classes file `names` calls it void, or, without a name for it, when it
+    looks like void (see VOID_MAX_PIXEL_SHARE); else 255, unused."""
+    if VOID in pixels:
+        return VOID, f"ignore_index: {VOID}, a guess: masks use it and it looks like void"
+    top = max(pixels)
+    if top < len(names):
+        if names[top].lower() in VOID_NAMES:
+            return top, f"ignore_index: {top}, named {names[top]!r} in the classes file"
+        return VOID, f"ignore_index: {VOID} (unused): the classes file names every value"
+    pixel_share, mask_share = pixels[top] / sum(pixels.values()), masks_with[top] / files
+    if top >= 2 and pixel_share <= VOID_MAX_PIXEL_SHARE and mask_share >= VOID_MIN_MASK_SHARE:
+        return top, (f"ignore_index: {top}, a guess: the top value is in {mask_share:.0%} of "
+                     f"the masks but {pixel_share:.1%} of the pixels, as void labels are; if "
+                     f"{top} is a class, set data.ignore_index: {VOID} and name it in "
+                     "data.classes")  # fmt: skip
+    return VOID, (f"ignore_index: {VOID} (unused): no void value found; if one of the "
+                  "values marks unlabelled pixels, set data.ignore_index to it")  # fmt: skip
+
+
+def _class_file(data: Path) -> tuple[str, list[str]] | None:
+    """(file name, one class name per value) of the dataset's classes file, if it has one."""
     for name in CLASS_FILES:
         path = data / name
         if path.is_file():
             lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-            lines = [ln for ln in lines if ln]
-            if len(lines) >= count:
-                return lines[:count], [f"classes: names from {name}, values 0..{count - 1}"]
+            return name, [ln for ln in lines if ln]
+    return None
+
+
+def _class_names(
+    data: Path, values: list[int], palette: list[tuple[int, int, int]] | None = None
+) -> tuple[list[str], list[str]]:
+    """Names of the classes 0..max(values): from a classes file when there is one, else
+    from the masks' `palette` (VOC's names, or its colours in the note)."""
+    count = max(values) + 1
+    named = _class_file(data)
+    if named is not None and len(named[1]) >= count:
+        return named[1][:count], [f"classes: names from {named[0]}, values 0..{count - 1}"]
+    if palette is not None and len(palette) >= count:
+        names, note = palette_names(palette, count)
+        return names, [note]
     names = [f"class_{v}" for v in range(count)]
     missing = sorted(set(range(count)) - set(values))
     note = f"classes: the mask values 0..{count - 1}, named class_<value> (rename them)"
