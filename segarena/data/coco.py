@@ -73,6 +73,9 @@ def _polygon_problem(segmentation: object) -> str | None:
     return None
 
 
+_NOTED: set[tuple[str, str]] = set()  # (json, left-out categories) already logged
+
+
 def _category_classes(dataset: dict, classes: list[str], path: Path) -> dict[int, int]:
     """COCO category id -> class id, matched by name (case-insensitive) to data.classes.
     A category that no annotation uses and data.classes does not name is left out with
@@ -92,8 +95,10 @@ def _category_classes(dataset: dict, classes: list[str], path: Path) -> dict[int
                 f"{path}: category {name!r} (id {cat['id']}) is not in data.classes {classes}; "
                 "add it there (classes[0] is the background) or rename the category"
             )
-    if unused:
-        log.info("%s: left out the categories no annotation uses: %s", path, ", ".join(unused))
+    note = (str(path), ", ".join(unused))
+    if unused and note not in _NOTED:  # the data is read more than once per command
+        _NOTED.add(note)
+        log.info("%s: left out the categories no annotation uses: %s", *note)
     return class_of
 
 
