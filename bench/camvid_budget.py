@@ -38,6 +38,7 @@ import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
+from budget_vs_plain import plain_loop as train_plain  # bench/, the script's folder
 from PIL import Image
 
 from segarena.config import load_config
@@ -101,24 +102,8 @@ def plain_loop(encoder: str, pretrained: bool, x, y, budget_s: float, seed: int 
     model = smp.Unet(encoder, encoder_weights=None, classes=CLASSES)
     if pretrained:
         load_encoder_weights(model, packaged_file(encoder))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
-    mean, std = norm_of(encoder)
-    start, epochs, epoch_s = time.perf_counter(), 0, 0.0
-    while time.perf_counter() - start + epoch_s <= budget_s:
-        epoch_start = time.perf_counter()
-        model.train()
-        for idx in torch.randperm(len(x)).split(8):
-            images, masks = (x[idx].float() / 255 - mean) / std, y[idx]
-            flip = torch.rand(len(idx)) < 0.5
-            images[flip], masks[flip] = images[flip].flip(-1), masks[flip].flip(-1)
-            loss = loss_fn(model(images), masks)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        epoch_s, epochs = time.perf_counter() - epoch_start, epochs + 1
-    seconds = time.perf_counter() - start
-    return model, epochs, seconds, epochs * len(x) / seconds
+    epochs, seconds, speed = train_plain(model, x, y, budget_s, norm_of(encoder), IGNORE, seed=seed)
+    return model, epochs, seconds, speed
 
 
 @torch.no_grad()
