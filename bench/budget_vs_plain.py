@@ -159,6 +159,7 @@ def main() -> None:
     trained = [s for s, fold in zip(samples, folds) if fold != 0]
     size = tuple(config.data.image_size)
     x, y = load_tensors(trained, size)
+    torch.manual_seed(0)
     model, norm = plain_model(config, classes), norm_of(config)
     epochs, seconds, speed = plain_loop(model, x, y, args.budget_min * 60, norm, ignore)
     plain = plain_matrices(model, test, size, norm, classes, ignore)
