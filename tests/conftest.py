@@ -23,5 +23,6 @@ def pytest_sessionfinish(session, exitstatus):
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = reporter.stats.get("skipped", []) if reporter else []
     if skipped:
+        reporter.write("\n")  # the progress line has no newline yet
         reporter.write_line(f"SEGARENA_NO_SKIPS=1: {len(skipped)} test(s) skipped, an error in CI")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
