@@ -157,6 +157,8 @@ def test_palette_masks_give_voc_names_or_their_colours(tmp_path, voc):
         mask.putpalette([c for rgb in colours for c in rgb])
         mask.save(path)
     found = find_data(data)
+    # VOC's devkit colours, written out: aeroplane dark red, person (15) pink
+    assert voc_colormap(16)[1] == (128, 0, 0) and voc_colormap(16)[15] == (192, 128, 128)
     if voc:
         assert found.classes == ["background", "aeroplane", "bicycle", "bird"]
         assert "PASCAL VOC names" in " ".join(found.notes)
