@@ -21,7 +21,7 @@ from segarena.ablate.arms import parse_arm, read_arms_file, split_pairs
 from segarena.ablate.infer_arms import mask_tensor, score_checkpoints
 from segarena.ablate.plan import make_plan
 from segarena.ablate.runner import Ablation, run_ablation
-from segarena.ablate.stats import gain_interval
+from segarena.ablate.stats import gain_interval, pooled_miou
 from segarena.data.readers import load_image
 from segarena.errors import UserError
 from segarena.infer.ensemble import Ensemble, EnsembleSpec
@@ -251,7 +251,18 @@ def test_inference_arms_run_no_optimizer_step(helps):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.ckpt")} == before
     assert len(run_dirs(out)) == 2
     rows = read_rows(root / "ablation.csv")
-    assert list(rows) == ["baseline", "lr", "holdout", "hflip", "vflip"]
+    assert list(rows) == ["baseline", "baseline (infer)", "lr", "holdout", "hflip", "vflip"]
+    # the inference arms pair with the baseline scored as its config infers (no TTA here)
+    reference = rows["baseline (infer)"]
+    assert reference["kind"] == "infer" and reference["gain_points"] == ""
+    base_run = out / json.loads((root / "ablation.json").read_text())["arms"]["baseline"][
+        "runs"]["0"]  # fmt: skip
+    assert (root / f"reference_{base_run.name}.npz").is_file()
+    as_inferred, _ = score_checkpoints(base_run, "best", {}, device="cpu")
+    assert float(reference["miou"]) == pytest.approx(pooled_miou(as_inferred.cms), abs=1e-6)
+    for name in ("hflip", "vflip"):  # each gain is over that row, not over training's scores
+        gain = float(rows[name]["miou"]) - float(reference["miou"])
+        assert float(rows[name]["gain_points"]) == pytest.approx(100 * gain, abs=1e-3)
     for name in ("hflip", "vflip"):
         row = rows[name]
         assert row["kind"] == "infer" and row["minutes"] == "" and "no training" in row["note"]
@@ -270,6 +281,26 @@ def test_inference_arms_run_no_optimizer_step(helps):
     # the same arm under another setting is refused: the ablation recorded it
     result = run_cli(*args, "--infer-arm", "hflip=tta=vflip")
     assert result.exit_code == 2 and "arm 'hflip'" in result.output
+
+
+@pytest.mark.slow
+def test_inference_arms_pair_with_the_baseline_as_its_config_infers(data, tmp_path):
+    """With infer.tta: hflip in the config, training validates without TTA but the
+    baseline's own inference flips: an arm taking TTA out is measured against the flipped
+    scores (the reference row), not against training's (where it would read +0.00)."""
+    out = tmp_path / "runs"
+    flipped = tiny_config(data, out, infer={"tta": "hflip"}, train=TRAIN)
+    config = write_config(tmp_path / "flipped.yaml", flipped)
+    result = run_cli("ablate", config, "--infer-arm", "plain=tta=none", "--n-boot", "200")
+    assert result.exit_code == 0, result.output
+    rows = read_rows(out / "tiny" / "ablation" / "flipped" / "ablation.csv")
+    assert list(rows) == ["baseline", "baseline (infer)", "plain"]
+    base, reference, plain = rows["baseline"], rows["baseline (infer)"], rows["plain"]
+    assert float(reference["miou"]) != pytest.approx(float(base["miou"]), abs=1e-4)
+    gain = float(plain["miou"]) - float(reference["miou"])
+    assert float(plain["gain_points"]) == pytest.approx(100 * gain, abs=1e-3)
+    # no TTA through predict's code scores what training's validation scored
+    assert float(plain["miou"]) == pytest.approx(float(base["miou"]), abs=1e-4)
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -129,6 +129,9 @@ class Outcome:
     runs: dict[str, list[Path]]
     infer: dict[str, list[tuple[RunMatrices, float]]]
     all_folds: bool
+    # the baseline's checkpoints scored with its own config.infer, one per seed: what the
+    # inference arms change, so what they pair with (training's validation has no TTA)
+    reference: list[RunMatrices] = field(default_factory=list)
 
 
 def run_ablation(
@@ -176,14 +179,28 @@ def run_ablation(
                     context=f"arm {arm.name!r}: ",
                     reference="the baseline's ",
                 )
-    infer = {}
+    infer, reference = {}, []
+    if plan.infer_arms:
+        reference = [ensure_reference(ablation, base_run, device) for base_run in runs[BASELINE]]
     for arm in plan.infer_arms:
         runs[arm.name] = runs[BASELINE]
         infer[arm.name] = [
             ensure_scored(ablation, arm, key, base_run, device)
             for key, base_run in zip(seeds, runs[BASELINE])
         ]
-    return Outcome(plan, ablation, seeds, runs, infer, folds == "all")
+    return Outcome(plan, ablation, seeds, runs, infer, folds == "all", reference)
+
+
+def ensure_reference(ablation: Ablation, base_run: Path, device: str) -> RunMatrices:
+    """The baseline run's best checkpoints scored with the run's own inference options
+    (reused when kept: the file is named after the run)."""
+    path = ablation.root / f"reference_{base_run.name}.npz"
+    if path.is_file():
+        return load_matrices(path)[0]
+    log.info("baseline: scoring its checkpoints with its own inference options")
+    matrices, seconds = score_checkpoints(base_run, "best", {}, device)
+    save_matrices(path, matrices, seconds)
+    return matrices
 
 
 def ensure_run(

@@ -59,6 +59,9 @@ class Row:
     note: str = ""
 
 
+INFERRED = "baseline (infer)"  # not a valid arm name, so no arm can take it
+
+
 def verdict(low: float, high: float) -> str:
     return "helps" if low > 0 else "hurts" if high < 0 else "can't tell"
 
@@ -77,9 +80,15 @@ def build_rows(outcome: Outcome, n_boot: int = 2000) -> list[Row]:
     base = [run_matrices(run) for run in base_runs]
     miou = float(np.mean([pooled_miou(m.cms) for m in base]))
     rows = [Row(BASELINE, "train", "(the config as given)", miou, **_speed(base_runs))]
+    if outcome.reference:
+        # the training arms compare validation scores (no TTA); the inference arms compare
+        # with the baseline scored as its config infers, which is this row
+        miou = float(np.mean([pooled_miou(m.cms) for m in outcome.reference]))
+        rows.append(Row(INFERRED, "infer", "the baseline with its own infer options", miou,
+                        note="the reference of the inference arms below"))  # fmt: skip
     for arm in outcome.plan.arms:
         if arm.kind == "infer":
-            rows.append(_infer_row(arm, base, outcome.infer[arm.name], n_boot))
+            rows.append(_infer_row(arm, outcome.reference, outcome.infer[arm.name], n_boot))
         else:
             rows.append(_train_row(arm, base, outcome, n_boot))
     return rows
@@ -153,7 +162,7 @@ def _number(value: float | None, signed: bool = False) -> str:
 
 def _interval(row: Row) -> str:
     if row.ci_low_points is None or row.ci_high_points is None:
-        return "n/a" if row.arm != BASELINE else ""
+        return "n/a" if row.arm not in (BASELINE, INFERRED) else ""
     return f"[{row.ci_low_points:+.2f}, {row.ci_high_points:+.2f}]"
 
 
