@@ -1,4 +1,4 @@
-"""segarena init: a Roboflow-shaped COCO export (generated, and a real cut in tests/data)
+"""segarena init: a Roboflow-shaped COCO export (generated, and a real cut of ../shared's)
 and mask folders give a config that loads and trains as written; the split follows the
 ids' groups and the classes' rarity; bad data and an existing --out stop with exit 2 and
 write nothing."""
@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import run_cli
+from medical_waste_cut import MEDICAL_WASTE, make_cut
 from PIL import Image
 from pycocotools.coco import COCO
 from synthetic import make_mask_folder, make_roboflow_export
@@ -202,7 +203,12 @@ def test_the_input_size_follows_the_device_and_the_budget():
     assert f"trains {BUDGET_EPOCHS} epochs in 10 min" in why
 
 
-FIXTURE = Path(__file__).parent / "data" / "medical_waste"
+@pytest.fixture(scope="module")
+def real_cut(tmp_path_factory) -> Path:
+    """17 real images of the medical-waste export at 160x160 (tests/medical_waste_cut.py)."""
+    if not MEDICAL_WASTE.is_dir():
+        pytest.skip(f"the medical-waste export not found at {MEDICAL_WASTE}")
+    return make_cut(tmp_path_factory.mktemp("medical_waste") / "medical_waste")
 
 
 def paint_with_pycocotools(json_path: Path, classes: list[str], out: Path) -> None:
@@ -221,13 +227,13 @@ def paint_with_pycocotools(json_path: Path, classes: list[str], out: Path) -> No
         Image.fromarray(mask).save(out / f"{Path(image['file_name']).stem}.png")
 
 
-def test_the_real_fixture_inits_and_its_coco_test_split_scores_as_painted_masks(tmp_path):
-    """The committed cut of a real Roboflow export: init names its classes and groups its
-    copies; evaluate --coco gives the same mIoU as the same images with masks painted
-    independently by pycocotools, and the fixture is left as it was."""
-    before = {p: p.stat().st_mtime_ns for p in FIXTURE.rglob("*")}
+def test_the_real_cut_inits_and_its_coco_test_split_scores_as_painted_masks(tmp_path, real_cut):
+    """A cut of a real Roboflow export: init names its classes and groups its copies;
+    evaluate --coco gives the same mIoU as the same images with masks painted independently
+    by pycocotools, and the data is left as it was."""
+    before = {p: p.stat().st_mtime_ns for p in real_cut.rglob("*")}
     out, runs = tmp_path / "mw.yaml", tmp_path / "runs"
-    result = run_cli("init", FIXTURE, "--out", out)
+    result = run_cli("init", real_cut, "--out", out)
     assert result.exit_code == 0, result.output
     config = load_config(out)
     assert config.data.classes == ["background", "Blood bag", "Mask", "ampoule", "syringe"]
@@ -238,20 +244,15 @@ def test_the_real_fixture_inits_and_its_coco_test_split_scores_as_painted_masks(
     trained = run_cli("train", out, "--out", runs, *[a for s in tiny for a in ("--set", s)])
     assert trained.exit_code == 0, trained.output
     (run_dir,) = [p for p in (runs / "medical_waste").iterdir() if (p / "run.json").is_file()]
-    test_json = FIXTURE / "test" / "_annotations.coco.json"
+    test_json = real_cut / "test" / "_annotations.coco.json"
     from_coco = run_cli("evaluate", run_dir, "--coco", test_json, "--workers", "0")
     assert from_coco.exit_code == 0, from_coco.output
     paint_with_pycocotools(test_json, config.data.classes, tmp_path / "painted")
-    from_masks = run_cli("evaluate", run_dir, "--images", FIXTURE / "test",
+    from_masks = run_cli("evaluate", run_dir, "--images", real_cut / "test",
                          "--masks", tmp_path / "painted", "--workers", "0")  # fmt: skip
     assert from_masks.exit_code == 0, from_masks.output
     (coco_eval,) = [json.loads(p.read_text()) for p in run_dir.glob("eval_coco-*.json")]
     (mask_eval,) = [json.loads(p.read_text()) for p in run_dir.glob("eval_folder-*.json")]
     assert coco_eval["folds"][0]["images"] == mask_eval["folds"][0]["images"] == 3
     assert coco_eval["miou"] == pytest.approx(mask_eval["miou"], abs=1e-9)
-    assert {p: p.stat().st_mtime_ns for p in FIXTURE.rglob("*")} == before
-
-
-def test_the_fixture_is_small_and_carries_its_licence():
-    size = sum(p.stat().st_size for p in FIXTURE.rglob("*") if p.is_file())
-    assert size < 2_000_000 and "CC BY 4.0" in (FIXTURE / "README.md").read_text()
+    assert {p: p.stat().st_mtime_ns for p in real_cut.rglob("*")} == before

@@ -1,24 +1,25 @@
-"""Rebuild tests/data/medical_waste from the full Roboflow export (../shared/data/medical_waste):
+"""A small real cut of the medical-waste Roboflow export (CC BY 4.0, see its README in
+../shared), made when a test needs it rather than committed: data stays in ../shared.
 4 train sources x their 3 augmented copies, 3 valid and 3 test images, downscaled 4x
 (640 -> 160 px) with their polygons and boxes scaled alike, and the categories as exported
-(the unused parent category 0 included). CC BY 4.0, see README.md beside it.
-
-    python tests/data/make_medical_waste.py [--source ../shared/data/medical_waste]
-"""
+(the unused parent category 0 included)."""
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import re
 from collections import defaultdict
 from pathlib import Path
 
 from PIL import Image
 
+REPO = Path(__file__).resolve().parents[1]
+# beside the CamVid that $SEGARENA_DATA names (.ci/run sets it), else ../shared
+MEDICAL_WASTE = (Path(os.environ["SEGARENA_DATA"]).parent if "SEGARENA_DATA" in os.environ
+                 else REPO.parent / "shared" / "data") / "medical_waste"  # fmt: skip
 SCALE = 4
 SOURCES = {"train": 4, "valid": 3, "test": 3}  # train: sources (x3 copies); others: images
-HERE = Path(__file__).resolve().parent / "medical_waste"
 
 
 def shrink(folder: Path, out: Path, count: int, grouped: bool) -> None:
@@ -27,8 +28,10 @@ def shrink(folder: Path, out: Path, count: int, grouped: bool) -> None:
     for ann in data["annotations"]:
         by_image[ann["image_id"]].append(ann)
     # images with at least two classes, most classes first, then by name: deterministic
-    images = sorted(data["images"], key=lambda i: (-len({a["category_id"] for a in
-                                                          by_image[i["id"]]}), i["file_name"]))
+    images = sorted(
+        data["images"],
+        key=lambda i: (-len({a["category_id"] for a in by_image[i["id"]]}), i["file_name"]),
+    )
     if grouped:
         source = {i["id"]: re.sub(r"\.rf\.[0-9a-f]+\.jpg$", "", i["file_name"]) for i in images}
         chosen_sources = list(dict.fromkeys(source[i["id"]] for i in images))[:count]
@@ -53,13 +56,8 @@ def shrink(folder: Path, out: Path, count: int, grouped: bool) -> None:
     (out / "_annotations.coco.json").write_text(json.dumps(data))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", default="../shared/data/medical_waste")
-    args = parser.parse_args()
+def make_cut(out: Path, source: Path = MEDICAL_WASTE) -> Path:
+    """The cut of `source` in out/train, out/valid, out/test (each with its json)."""
     for split, count in SOURCES.items():
-        shrink(Path(args.source) / split, HERE / split, count, grouped=split == "train")
-
-
-if __name__ == "__main__":
-    main()
+        shrink(source / split, out / split, count, grouped=split == "train")
+    return out
