@@ -226,19 +226,21 @@ def _check_shapes(sample: Sample) -> None:
 def mask_file_counts(path: Path) -> dict[int, int]:
     """value -> pixel count of a mask file (palette PNGs: their indices), sorted by value,
     read and checked as training reads masks; UserError naming the file otherwise."""
-    flat = _read_mask_array(path).ravel()
+    return _value_counts(_read_mask_array(path))
+
+
+def _value_counts(values: np.ndarray) -> dict[int, int]:
+    """value -> count of an integer array, sorted by value."""
+    flat = values.ravel()
     if flat.dtype.kind == "u":  # bincount is several times faster than np.unique
         counts = np.bincount(flat)
         return {int(v): int(counts[v]) for v in np.flatnonzero(counts)}
-    values, counts = np.unique(flat, return_counts=True)
-    return {int(v): int(c) for v, c in zip(values, counts)}
+    present, counts = np.unique(flat, return_counts=True)
+    return {int(v): int(c) for v, c in zip(present, counts)}
 
 
 def _present(values: np.ndarray) -> list[int]:
-    flat = values.ravel()
-    if flat.dtype.kind == "u":  # bincount is several times faster than np.unique
-        return np.flatnonzero(np.bincount(flat)).tolist()
-    return np.unique(flat).tolist()
+    return list(_value_counts(values))
 
 
 def _check(sample: Sample, num_classes: int, ignore_index: int) -> tuple[Sample, str | None]:
